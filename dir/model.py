@@ -1,0 +1,383 @@
+"""DiRNet: degradation-independent representations for camera-ISP pipelines (after Guo, Luo & Wu, CVPR 2024).
+
+Networks (all take/return ``(B, C, H, W)`` float tensors; images are gamma-encoded sRGB in [0, 1]):
+
+* :class:`DiREncoder` ``E`` - ResNet-style CNN, features at strides 4/8/16/32 (keys ``s4 s8 s16 s32``).
+  Trained by multi-view mutual-information maximisation (stage ``mmi``); ``r0 = E(x_degraded)`` is the baseline
+  representation.
+* :class:`DfRAutoencoder` ``(E*, D*)`` - the degradation-free reference, an autoencoder trained on clean images only
+  (stage ``dfr``); ``r* = E*(x_clean)``.
+* :class:`Pilot` ``P`` - a light encoder estimating ``r-> = P(x_degraded) ~ r*``.
+* :class:`AlignBlock` ``A_s`` (one per scale) - ``r+_s = A_s(r0_s, r->_s)``, FiLM-conditioned residual refinement.
+* :class:`RestorationDecoder` ``R`` / ``D*`` - U-Net-style decoder from the 4-scale representation to sRGB.
+* :class:`DiRNet` - E, P, A, R bundled for inference: :meth:`DiRNet.forward_features` returns ``r+``,
+  :meth:`DiRNet.restore` the restored image.
+* :class:`PlainEncDec` - the same-size encoder-decoder baseline trained directly on degraded -> clean.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from torch import nn
+
+from .config import DiRConfig, ModelConfig
+
+SCALES = ("s4", "s8", "s16", "s32")
+STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
+MIN_SIDE = 32  # smallest accepted image side (one pixel at stride 32)
+
+
+class DiRInputError(ValueError):
+    """Raised when an input image batch has the wrong type, shape, dtype or value range."""
+
+
+def check_image_batch(x: object, name: str = "x", check_range: bool = True) -> torch.Tensor:
+    """Validate an sRGB batch: a floating ``torch.Tensor`` of shape ``(B, 3, H, W)``, ``H, W >= 32``, finite,
+    values in [0, 1] (tolerance 1e-3). Returns ``x`` unchanged; raises :class:`DiRInputError` naming the problem."""
+    if not isinstance(x, torch.Tensor):
+        raise DiRInputError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise DiRInputError(f"{name} must have 4 dims (B, 3, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise DiRInputError(f"{name} must have 3 channels (sRGB) in dim 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DiRInputError(f"{name} must be a floating tensor with sRGB values in [0, 1], got dtype {x.dtype} "
+                            "(convert uint8 images with x.float() / 255)")
+    if x.shape[0] < 1 or min(x.shape[2], x.shape[3]) < MIN_SIDE:
+        raise DiRInputError(f"{name} must have B >= 1 and H, W >= {MIN_SIDE}, got shape {tuple(x.shape)}")
+    if check_range:
+        lo, hi = torch.aminmax(x.detach())
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise DiRInputError(f"{name} contains NaN or Inf")
+        if lo < -1e-3 or hi > 1.0 + 1e-3:
+            raise DiRInputError(f"{name} must be sRGB in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                                "(did you pass 0..255 or mean/std-normalised images?)")
+    return x
+
+
+def _gn(channels: int, groups: int) -> dict:
+    """GroupNorm config with the largest group count <= ``groups`` that divides ``channels``."""
+    g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+    return dict(type="GN", num_groups=g)
+
+
+class BasicBlock(nn.Module):
+    """Residual block: two 3x3 ConvModules (conv-GN-ReLU) with a projected shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, groups: int = 8):
+        super().__init__()
+        self.conv1 = ConvModule(cin, cout, 3, stride, 1, norm_cfg=_gn(cout, groups))
+        self.conv2 = ConvModule(cout, cout, 3, 1, 1, norm_cfg=_gn(cout, groups), act_cfg=None)
+        self.short = (nn.Identity() if stride == 1 and cin == cout else
+                      ConvModule(cin, cout, 1, stride, 0, norm_cfg=_gn(cout, groups), act_cfg=None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.short(x))
+
+
+class DiREncoder(nn.Module):
+    """ResNet-style encoder. Input sRGB ``(B,3,H,W)`` in [0,1]; output OrderedDict ``s4..s32`` with
+    ``channels[i]`` channels at stride ``4 * 2**i`` (spatial size ``ceil(H / stride)``). Non-negative (post-ReLU)."""
+
+    def __init__(self, channels=(32, 64, 128, 256), blocks=(1, 1, 1, 1), groups: int = 8):
+        super().__init__()
+        c0 = channels[0]
+        self.stem = nn.Sequential(
+            ConvModule(3, max(c0 // 2, 8), 3, 2, 1, norm_cfg=_gn(max(c0 // 2, 8), groups)),
+            ConvModule(max(c0 // 2, 8), c0, 3, 2, 1, norm_cfg=_gn(c0, groups)))
+        stages = []
+        cin = c0
+        for i, (c, n) in enumerate(zip(channels, blocks)):
+            layers = [BasicBlock(cin, c, 1 if i == 0 else 2, groups)]
+            layers += [BasicBlock(c, c, 1, groups) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = OrderedDict(zip(SCALES, [int(c) for c in channels]))
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        h = self.stem((x - 0.5) / 0.25)
+        out = OrderedDict()
+        for key, stage in zip(SCALES, self.stages):
+            h = stage(h)
+            out[key] = h
+        return out
+
+
+class RestorationDecoder(nn.Module):
+    """U-Net-style decoder: 4-scale features (channels ``in_channels``) -> sRGB ``(B,3,H,W)`` at ``out_size``.
+
+    Top-down: ``d32 = conv(f32)``; ``d_s = conv([up(d_{2s}), f_s])`` for s = 16, 8, 4; then two x2 upsampling
+    conv stages to full resolution and a 3x3 conv to RGB (+0.5 offset, unclamped during training)."""
+
+    def __init__(self, in_channels=(32, 64, 128, 256), dec_channels=None, groups: int = 8):
+        super().__init__()
+        dec = tuple(dec_channels or in_channels)
+        self.top = ConvModule(in_channels[3], dec[3], 3, 1, 1, norm_cfg=_gn(dec[3], groups))
+        self.fuse = nn.ModuleList([
+            ConvModule(dec[i + 1] + in_channels[i], dec[i], 3, 1, 1, norm_cfg=_gn(dec[i], groups))
+            for i in (2, 1, 0)])
+        c_half, c_full = max(dec[0] // 2, 8), max(dec[0] // 4, 8)
+        self.up1 = ConvModule(dec[0], c_half, 3, 1, 1, norm_cfg=_gn(c_half, groups))
+        self.up2 = ConvModule(c_half, c_full, 3, 1, 1, norm_cfg=None)
+        self.head = nn.Conv2d(c_full, 3, 3, 1, 1)
+
+    def forward(self, feats: dict, out_size: tuple[int, int]) -> torch.Tensor:
+        d = self.top(feats["s32"])
+        for conv, key in zip(self.fuse, ("s16", "s8", "s4")):
+            f = feats[key]
+            d = F.interpolate(d, size=f.shape[-2:], mode="bilinear", align_corners=False)
+            d = conv(torch.cat([d, f], 1))
+        h4, w4 = d.shape[-2:]
+        d = self.up1(F.interpolate(d, size=(min(2 * h4, out_size[0]), min(2 * w4, out_size[1])),
+                                   mode="bilinear", align_corners=False))
+        d = self.up2(F.interpolate(d, size=tuple(out_size), mode="bilinear", align_corners=False))
+        return self.head(d) + 0.5
+
+
+class Pilot(nn.Module):
+    """Light encoder (widths ``channels * width``) with a 1x1 conv per scale to the DfR widths ``channels``:
+    ``r-> = P(x_degraded)``, an estimate of the clean reference ``r* = E*(x_clean)``."""
+
+    def __init__(self, channels=(32, 64, 128, 256), width: float = 0.5, groups: int = 8):
+        super().__init__()
+        small = tuple(max(8, int(round(c * width))) for c in channels)
+        self.body = DiREncoder(small, (1, 1, 1, 1), groups)
+        self.to_ref = nn.ModuleDict({k: nn.Conv2d(cs, c, 1) for k, cs, c in zip(SCALES, small, channels)})
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        f = self.body(x)
+        return OrderedDict((k, self.to_ref[k](f[k])) for k in SCALES)
+
+
+class AlignBlock(nn.Module):
+    """Alignment at one scale: ``r+ = m + Res([m, r->])`` with ``m = W r0 * (1 + gamma(r->)) + beta(r->)``.
+
+    ``W`` (1x1) maps the MI space of r0 into the DfR space; gamma/beta (1x1 conv of the pilot) modulate it
+    (FiLM, zero-initialised); ``Res`` (3x3 conv-GN-ReLU to c/2, 1x1 conv, zero-initialised) adds a local
+    correction. Shapes: r0 ``(B, c_base, h, w)``, r-> ``(B, c_ref, h, w)`` -> ``(B, c_ref, h, w)``."""
+
+    def __init__(self, c_base: int, c_ref: int, groups: int = 8):
+        super().__init__()
+        hidden = max(c_ref // 2, 8)
+        self.base = nn.Conv2d(c_base, c_ref, 1)
+        self.film = nn.Conv2d(c_ref, 2 * c_ref, 1)
+        self.refine = nn.Sequential(ConvModule(2 * c_ref, hidden, 3, 1, 1, norm_cfg=_gn(hidden, groups)),
+                                    nn.Conv2d(hidden, c_ref, 1))
+        for m in (self.film, self.refine[-1]):
+            m._zero_init = True
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, r0: torch.Tensor, rp: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(rp).chunk(2, dim=1)
+        m = self.base(r0) * (1.0 + gamma) + beta
+        return m + self.refine(torch.cat([m, rp], 1))
+
+
+class DfRAutoencoder(nn.Module):
+    """Degradation-free reference: ``r* = E*(x_clean)``, ``x_hat = D*(r*)``; trained on clean images only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups)
+        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
+        feats = self.encoder(x)
+        return self.decoder(feats, x.shape[-2:]), feats
+
+
+class PlainEncDec(nn.Module):
+    """Baseline: the same encoder and decoder as DiR, trained directly on degraded -> clean (L1).
+    ``forward(x)`` returns ``(restored (B,3,H,W), encoder features)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups)
+        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
+        feats = self.encoder(x)
+        return self.decoder(feats, x.shape[-2:]), feats
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Restored sRGB in [0, 1] (clamped)."""
+        check_image_batch(x)
+        return self(x)[0].clamp(0, 1)
+
+
+class DiRNet(nn.Module):
+    """Inference model: encoder E (r0), pilot P (r->), alignment A (r+), restoration decoder R.
+
+    Attributes: ``out_channels`` / ``strides`` - dicts keyed ``s4 s8 s16 s32``. Buffers ``ref_mean_<s>`` /
+    ``ref_std_<s>`` (C,) hold the per-channel statistics of the DfR reference r* (set during stage ``align``),
+    used by :meth:`distribution_regularizer` when the alignment is refined with a task loss (no clean image needed).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        self.encoder = DiREncoder(ch, cfg.blocks, cfg.gn_groups)
+        self.pilot = Pilot(ch, cfg.pilot_width, cfg.gn_groups)
+        self.align = nn.ModuleDict({k: AlignBlock(c, c, cfg.gn_groups) for k, c in zip(SCALES, ch)})
+        self.decoder = RestorationDecoder(ch, cfg.decoder_channels, cfg.gn_groups)
+        self.out_channels = OrderedDict(zip(SCALES, [int(c) for c in ch]))
+        self.strides = dict(STRIDES)
+        for k, c in zip(SCALES, ch):
+            self.register_buffer(f"ref_mean_{k}", torch.zeros(c))
+            self.register_buffer(f"ref_std_{k}", torch.ones(c))
+        self.register_buffer("ref_stats_valid", torch.zeros((), dtype=torch.bool))
+        self.check_inputs = True
+
+    # --- representations -------------------------------------------------------------------------------------
+    def baseline_features(self, x: torch.Tensor) -> OrderedDict:
+        """r0 = E(x): the MI-trained baseline representation."""
+        if self.check_inputs:
+            check_image_batch(x)
+        return self.encoder(x)
+
+    def pilot_features(self, x: torch.Tensor) -> OrderedDict:
+        """r-> = P(x): the pilot estimate of the DfR representation."""
+        if self.check_inputs:
+            check_image_batch(x)
+        return self.pilot(x)
+
+    def representations(self, x: torch.Tensor) -> tuple[OrderedDict, OrderedDict, OrderedDict]:
+        """``(r0, r->, r+)`` for a degraded sRGB batch ``x``; each an OrderedDict ``s4..s32``."""
+        if self.check_inputs:
+            check_image_batch(x)
+        r0 = self.encoder(x)
+        rp = self.pilot(x)
+        rplus = OrderedDict((k, self.align[k](r0[k], rp[k])) for k in SCALES)
+        return r0, rp, rplus
+
+    def forward_features(self, x: torch.Tensor) -> OrderedDict:
+        """r+ for sRGB ``x (B,3,H,W)`` in [0,1]: OrderedDict ``s4..s32`` of ``(B, out_channels[k], ceil(H/s), ceil(W/s))``."""
+        return self.representations(x)[2]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        """Same as :meth:`forward_features` (so DiRNet can serve directly as a backbone body)."""
+        return self.forward_features(x)
+
+    def decode(self, feats: dict, out_size: tuple[int, int]) -> torch.Tensor:
+        """R(r+) -> sRGB (unclamped), at ``out_size`` (H, W)."""
+        return self.decoder(feats, out_size)
+
+    def restore(self, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Blind restoration: ``R(r+(x))``, sRGB ``(B,3,H,W)``, clamped to [0,1] unless ``clamp=False``."""
+        y = self.decode(self.forward_features(x), x.shape[-2:])
+        return y.clamp(0, 1) if clamp else y
+
+    # --- task-aligned refinement ------------------------------------------------------------------------------
+    def alignment_parameters(self, include_pilot: bool = False) -> list[nn.Parameter]:
+        """Parameters of the alignment network A (and of the pilot P with ``include_pilot``)."""
+        params = list(self.align.parameters())
+        if include_pilot:
+            params += list(self.pilot.parameters())
+        return params
+
+    def enable_task_refinement(self, include_pilot: bool = False) -> list[nn.Parameter]:
+        """Prepare task-aligned refinement: freeze E, R (and P unless ``include_pilot``), make A trainable.
+
+        Returns the trainable parameters, to give to the task's optimiser. Gradients of a downstream loss computed
+        on :meth:`forward_features` then reach only A (and P). Add :meth:`distribution_regularizer` to the task loss
+        to keep r+ statistically aligned with the DfR while it adapts."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        params = self.alignment_parameters(include_pilot)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def set_reference_stats(self, mean: dict, std: dict) -> None:
+        """Store per-channel statistics (dicts ``s4..s32`` of (C,) tensors) of the DfR reference r*."""
+        for k in SCALES:
+            getattr(self, f"ref_mean_{k}").copy_(mean[k].detach())
+            getattr(self, f"ref_std_{k}").copy_(std[k].detach())
+        self.ref_stats_valid.fill_(True)
+
+    def reference_stats(self) -> tuple[dict, dict]:
+        """``(mean, std)`` dicts of the stored DfR channel statistics."""
+        return ({k: getattr(self, f"ref_mean_{k}") for k in SCALES},
+                {k: getattr(self, f"ref_std_{k}") for k in SCALES})
+
+    def distribution_regularizer(self, feats: dict) -> torch.Tensor:
+        """Distribution-level alignment of r+ (``feats``) to the stored DfR statistics (moment matching, see
+        :func:`dir.losses.moment_loss_to_stats`); a scalar. Needs reference statistics from stage ``align``."""
+        from .losses import moment_loss_to_stats
+        if not bool(self.ref_stats_valid):
+            raise RuntimeError("DiRNet has no DfR reference statistics; train stage 'align' first")
+        mean, std = self.reference_stats()
+        return sum(moment_loss_to_stats(feats[k], mean[k], std[k]) for k in SCALES) / len(SCALES)
+
+
+class MIHeads(nn.Module):
+    """Projection heads for the MI critics (training only).
+
+    global: concat of spatially averaged features of all scales -> MLP -> ``proj_dim``;
+    local: per scale, a 1x1-conv MLP -> ``proj_dim`` per location."""
+
+    def __init__(self, channels=(32, 64, 128, 256), proj_dim: int = 64):
+        super().__init__()
+        tot = int(sum(channels))
+        self.glob = nn.Sequential(nn.Linear(tot, tot), nn.ReLU(inplace=True), nn.Linear(tot, proj_dim))
+        self.local = nn.ModuleDict({
+            k: nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(inplace=True), nn.Conv2d(c, proj_dim, 1))
+            for k, c in zip(SCALES, channels)})
+
+    def global_embed(self, feats: dict) -> torch.Tensor:
+        """``(B, proj_dim)`` pooled multi-scale embedding."""
+        return self.glob(torch.cat([feats[k].mean(dim=(2, 3)) for k in SCALES], 1))
+
+    def local_embed(self, feats: dict, key: str) -> torch.Tensor:
+        """``(B, proj_dim, h, w)`` per-location embedding at scale ``key``."""
+        return self.local[key](feats[key])
+
+
+def build_dirnet(cfg: DiRConfig | ModelConfig | dict | None = None, seed: int = 0) -> DiRNet:
+    """Build an (untrained) :class:`DiRNet` from a full config, a model config, or a dict of model settings;
+    weights initialised from an explicit generator seeded with ``seed``."""
+    from .config import model_config_from_dict
+    if cfg is None:
+        cfg = ModelConfig()
+    elif isinstance(cfg, DiRConfig):
+        cfg = cfg.model
+    elif isinstance(cfg, dict):
+        cfg = model_config_from_dict(cfg.get("model", cfg))
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_dirnet expects a DiRConfig, ModelConfig or dict, got {type(cfg).__name__}")
+    return init_weights(DiRNet(cfg), seed)
+
+
+def init_weights(module: nn.Module, seed: int) -> nn.Module:
+    """Re-initialise every conv/linear layer of ``module`` from an explicit generator seeded with ``seed``
+    (Kaiming-normal weights, zero biases); layers flagged ``_zero_init`` stay zero, norms get weight 1 / bias 0.
+    The result is independent of the global torch RNG."""
+    g = torch.Generator().manual_seed(int(seed))
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                if getattr(m, "_zero_init", False):
+                    m.weight.zero_()
+                else:
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())

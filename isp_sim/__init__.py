@@ -1,0 +1,1 @@
+"""isp_sim package."""

@@ -1,0 +1,1 @@
+"""Datasets for detection / instance segmentation: COCO-format files and the embedded procedural dataset."""
