@@ -120,6 +120,29 @@ def make_single_degrader(name: str, severity: int) -> Degrader:
     return make_pipeline([name], severity)
 
 
+class PhotometricDegrader:
+    """A small, fast sRGB-domain stand-in for the camera-ISP chain (used by the unit tests, not for results).
+
+    Per image (seeded by its seed): exposure gain in [0.6, 1.4], per-channel white-balance error in [0.8, 1.2],
+    gamma error exponent in [0.7, 1.4], Gaussian noise sigma in [0, 0.05]; output clipped to [0, 1]."""
+
+    def __call__(self, srgb: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        if srgb.ndim != 4 or srgb.shape[1] != 3 or len(seeds) != srgb.shape[0]:
+            raise ValueError(f"expected (B,3,H,W) and B seeds, got {tuple(srgb.shape)} and {len(seeds)} seeds")
+        out = []
+        for x, s in zip(srgb, seeds):
+            rng = np.random.default_rng(int(s))
+            gain = rng.uniform(0.6, 1.4)
+            wb = torch.tensor(rng.uniform(0.8, 1.2, size=3), dtype=x.dtype).view(3, 1, 1)
+            gam = rng.uniform(0.7, 1.4)
+            sigma = rng.uniform(0.0, 0.05)
+            g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            y = (x * gain * wb).clamp(0, 1) ** gam
+            y = y + sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            out.append(y.clamp(0, 1))
+        return torch.stack(out)
+
+
 def random_patch(img: np.ndarray, size: int, rng: np.random.Generator, augment: bool = True) -> np.ndarray:
     """A random ``size x size`` crop of ``img (H, W, 3)`` with optional random flips / 90-degree rotation."""
     h, w = img.shape[:2]

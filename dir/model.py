@@ -126,6 +126,9 @@ class RestorationDecoder(nn.Module):
         self.up1 = ConvModule(dec[0], c_half, 3, 1, 1, norm_cfg=_gn(c_half, groups))
         self.up2 = ConvModule(c_half, c_full, 3, 1, 1, norm_cfg=None)
         self.head = nn.Conv2d(c_full, 3, 3, 1, 1)
+        self.head._zero_init = True  # starts as a constant grey (0.5) image
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, feats: dict, out_size: tuple[int, int]) -> torch.Tensor:
         d = self.top(feats["s32"])

@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm import tqdm
@@ -36,8 +35,7 @@ from .checkpoint import (DIRNET_FORMAT, atomic_save, atomic_write_text, load_fil
                          load_state_strict, save_model)
 from .config import STAGES, DiRConfig, LossConfig, ModelConfig, StageConfig
 from .data import PatchDataset, batch_stream, load_images, make_degrader
-from .losses import (build_critic, channel_moments, local_embeddings, moment_loss, multiview_mi_loss, pixel_l1,
-                     relative_l1)
+from .losses import build_critic, local_embeddings, moment_loss, multiview_mi_loss, pixel_l1, relative_l1
 from .model import SCALES, DfRAutoencoder, DiREncoder, DiRNet, MIHeads, PlainEncDec, init_weights
 
 FORMATS = {"mmi": "dir-mmi-v1", "dfr": "dir-dfr-v1", "plain": "dir-plain-v1"}
@@ -59,7 +57,7 @@ def mi_terms(feats: dict, batch: int, views: int, heads: MIHeads, critic_g: nn.M
         g = heads.global_embed(feats).view(batch, views, -1)
         lg, mig = multiview_mi_loss([g[:, k] for k in range(views)], critic_g, lcfg.estimator)
         loss = loss + lcfg.mi_global * lg
-        logs["mi_global"] = float(mig)
+        logs["mi_global"] = _f(mig)
     if lcfg.mi_local > 0:
         total, bounds = 0.0, []
         for s in SCALES:
@@ -68,10 +66,15 @@ def mi_terms(feats: dict, batch: int, views: int, heads: MIHeads, critic_g: nn.M
             embs = local_embeddings([e[:, k] for k in range(views)], lcfg.local_samples, gen)
             ls, mis = multiview_mi_loss(embs, critic_l, lcfg.estimator)
             total = total + ls
-            bounds.append(float(mis))
+            bounds.append(_f(mis))
         loss = loss + lcfg.mi_local * total / len(SCALES)
         logs["mi_local"] = sum(bounds) / len(bounds)
     return loss, logs
+
+
+def _f(t) -> float:
+    """A logged scalar (detached)."""
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
 
 
 def _freeze(m: nn.Module) -> nn.Module:
@@ -113,7 +116,7 @@ class DfRStage(nn.Module):
         x = batch["clean"]
         rec, _ = self.ae(x)
         loss = pixel_l1(rec, x)
-        return loss, {"l1": float(loss)}
+        return loss, {"l1": _f(loss)}
 
 
 def _rep(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -153,11 +156,11 @@ class AlignStage(nn.Module):
         dist_ = sum(moment_loss(rplus[s], rstar[s]) for s in SCALES) / n
         pilot = sum(relative_l1(rp[s], rstar[s]) for s in SCALES) / n
         loss = lc.feat * feat + lc.dist * dist_ + lc.pilot * pilot
-        logs = {"feat": float(feat), "dist": float(dist_), "pilot": float(pilot)}
+        logs = {"feat": _f(feat), "dist": _f(dist_), "pilot": _f(pilot)}
         if lc.pix > 0:
             pix = pixel_l1(self.dfr.decoder(rplus, clean.shape[-2:]), _rep(clean, k))
             loss = loss + lc.pix * pix
-            logs["pix"] = float(pix)
+            logs["pix"] = _f(pix)
         if lc.mi_align > 0:
             lmi, mlogs = mi_terms(rplus, b, k, self.heads, self.critic_g, self.critic_l, lc, gen)
             loss = loss + lc.mi_align * lmi
@@ -188,11 +191,11 @@ class RestoreStage(nn.Module):
         x = v.flatten(0, 1)
         rplus = self.net.forward_features(x)
         pix = pixel_l1(self.net.decode(rplus, x.shape[-2:]), _rep(clean, k))
-        loss, logs = pix, {"pix": float(pix)}
+        loss, logs = pix, {"pix": _f(pix)}
         if self.finetune and self.lc.dist > 0:
             reg = self.net.distribution_regularizer(rplus)
             loss = loss + self.lc.dist * reg
-            logs["dist"] = float(reg)
+            logs["dist"] = _f(reg)
         return loss, logs
 
 
@@ -208,7 +211,7 @@ class PlainStage(nn.Module):
         k = v.shape[1]
         x = v.flatten(0, 1)
         pix = pixel_l1(self.model(x)[0], _rep(clean, k))
-        return pix, {"pix": float(pix)}
+        return pix, {"pix": _f(pix)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,11 +473,11 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
         done = step + 1
         bar.update(1)
         if rank == 0 and (done % sc.log_every == 0 or done == end):
-            rec = {"stage": stage, "step": done, "loss": float(loss), **logs,
+            rec = {"stage": stage, "step": done, "loss": _f(loss), **logs,
                    "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3)}
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{_f(loss):.4f}")
         if done % sc.ckpt_every == 0 or done == end:
             save(done)
     bar.close()
@@ -499,4 +502,4 @@ def train_all(cfg: DiRConfig, degrade: Callable | None = None, progress: bool = 
         train_stage(cfg, stage, degrade, progress)
 
 
-__all__ = ["train_stage", "train_all", "build_stage", "mi_terms", "output_path", "channel_moments", "F"]
+__all__ = ["train_stage", "train_all", "build_stage", "mi_terms", "output_path", "stage_dir", "reference_statistics"]

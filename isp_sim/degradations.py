@@ -86,7 +86,7 @@ class ExposureError(Degradation):
         return {"ev": sign * ev, "gain": 2.0 ** (sign * ev), "crush": crush}
 
     @staticmethod
-    def apply(raw, params, generator=None):
+    def apply(raw, params, generator=None, **_):
         return apply_exposure_error(raw, params["gain"], params["crush"])
 
 
@@ -109,7 +109,7 @@ class ShotReadNoise(Degradation):
         return p
 
     @staticmethod
-    def apply(raw, params, generator):
+    def apply(raw, params, generator, **_):
         return add_sensor_noise(raw, params["shot"], params["read"], generator, params["row_sigma"], params["bits"])
 
 
@@ -195,6 +195,7 @@ class JPEGCompression(Degradation):
 
     @staticmethod
     def apply(img, params, generator=None, differentiable: bool = False):
+        """``img`` (1, 3, H, W) in [0, 1] -> JPEG-decoded image, same shape."""
         from .jpeg import jpeg_differentiable, jpeg_real
 
         if differentiable:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -32,16 +34,28 @@ def _check(raw: torch.Tensor, pattern: str) -> str:
 
 
 def _conv(x: torch.Tensor, kernel, mode: str = "reflect") -> torch.Tensor:
-    """Per-channel 2-D convolution (true convolution: the kernel is flipped) with same-size output."""
-    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    """Per-channel 2-D convolution (true convolution: the kernel is flipped) with same-size output.
+
+    Implemented as a weighted sum of shifted views over the kernel's non-zero taps: for the small sparse kernels of
+    demosaicing this is several times faster on CPU than ``conv2d`` with one channel, and works on any device.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
     if k.ndim == 1:
         k = k[None]
-    k = torch.flip(k, dims=(0, 1))
+    k = k[::-1, ::-1]
     kh, kw = k.shape
-    c = x.shape[1]
+    h, w = x.shape[-2:]
     pad = (kw // 2, kw // 2, kh // 2, kh // 2)
     xp = F.pad(x, pad, mode=mode) if mode != "constant" else F.pad(x, pad)
-    return F.conv2d(xp, k.expand(c, 1, kh, kw).contiguous(), groups=c)
+    out = None
+    for dy in range(kh):
+        for dx in range(kw):
+            c = float(k[dy, dx])
+            if c == 0.0:
+                continue
+            term = xp[..., dy:dy + h, dx:dx + w] * c
+            out = term if out is None else out + term
+    return out if out is not None else torch.zeros_like(x)
 
 
 def _h(x, k, mode="reflect"):
@@ -125,10 +139,7 @@ def demosaic_malvar(raw: torch.Tensor, pattern: str = "RGGB") -> torch.Tensor:
     p = _check(raw, pattern)
     rm, gm, bm = _planes(raw, p)
     r_r, r_c, b_r, b_c = _row_col_masks(p, raw.shape[-2], raw.shape[-1], raw)
-    k = torch.tensor([_M_G, _M_ROW, _M_COL, _M_DIAG], dtype=raw.dtype, device=raw.device) / 8
-    xp = F.pad(raw, (2, 2, 2, 2), mode="reflect")
-    f = F.conv2d(xp, k[:, None])  # symmetric kernels: correlation == convolution
-    g_at_rb, row, col, diag = f[:, 0:1], f[:, 1:2], f[:, 2:3], f[:, 3:4]
+    g_at_rb, row, col, diag = (_conv(raw, np.asarray(k) / 8) for k in (_M_G, _M_ROW, _M_COL, _M_DIAG))
     r = raw * rm
     g = torch.where((rm + bm) > 0, g_at_rb, raw * gm)
     b = raw * bm

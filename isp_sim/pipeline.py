@@ -111,12 +111,18 @@ class Pipeline:
         return self.run(srgb, plans), [p.record for p in plans]
 
     def run(self, srgb: torch.Tensor, plans: Sequence[_Plan]) -> torch.Tensor:
-        raw, meta = unprocess(srgb, [p.record.camera for p in plans], self.pattern)
+        raw, _ = unprocess(srgb, [p.record.camera for p in plans], self.pattern)
+        cameras = [(p.record.camera.wb_gains, p.record.camera.cam_to_rgb) for p in plans]
+        return self.run_raw(raw, cameras, plans)
+
+    def run_raw(self, raw: torch.Tensor, cameras: Sequence[tuple], plans: Sequence[_Plan]) -> torch.Tensor:
+        """Degrade linear RAW ``(B, 1, H, W)`` in [0, 1] and render it; ``cameras``: per-image (wb_gains (3,),
+        cam_to_rgb (3, 3)) of the correct ISP settings."""
         raws, settings = [], []
         for i, p in enumerate(plans):
             x = raw[i:i + 1]
             gen = torch_generator(p.record.noise_seed, x.device)
-            s = {"wb_gains": p.record.camera.wb_gains, "cam_to_rgb": p.record.camera.cam_to_rgb,
+            s = {"wb_gains": np.asarray(cameras[i][0], dtype=np.float64), "cam_to_rgb": np.asarray(cameras[i][1]),
                  "demosaic": self.demosaic, "gamma": 2.2, "tone": 1.0, "wb_error": np.ones(3)}
             for d, params in p.steps:
                 if d.stage == "raw":
@@ -131,10 +137,17 @@ class Pipeline:
             y = out[i:i + 1]
             for d, params in p.steps:
                 if d.stage == "srgb":
-                    y = d.apply(y, params, None, differentiable=self.differentiable) if d.name == "jpeg" else \
-                        d.apply(y, params, None)
+                    y = d.apply(y, params, None, differentiable=self.differentiable)
             final.append(y)
         return torch.cat(final)
+
+    def degrade_raw_image(self, raw_image, seed: int) -> tuple[torch.Tensor, ImageRecord]:
+        """Degrade a real :class:`~isp_sim.raw.RawImage` (its own WB and colour matrix are the correct settings)
+        -> (sRGB (1, 3, H, W), record)."""
+        plan = self.plan(int(seed))
+        x = raw_image.tensor()
+        cam = (raw_image.gains_or_gray_world(), raw_image.cam_to_srgb())
+        return self.run_raw(x, [cam], [plan]), plan.record
 
     def _render(self, raw: torch.Tensor, settings: list[dict]) -> torch.Tensor:
         dev, dt = raw.device, raw.dtype

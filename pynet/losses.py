@@ -131,7 +131,7 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike):
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         path = os.fspath(weights_path)
         if not os.path.isfile(path):
@@ -142,7 +142,7 @@ class VGGPerceptualLoss(nn.Module):
             raise ValueError(f"{path}: cannot read VGG-19 weights ({type(e).__name__}: {e})") from e
         if not isinstance(sd, dict):
             raise ValueError(f"{path}: expected a torchvision vgg19 state dict, got {type(sd).__name__}")
-        feats = vgg19(weights=None).features[:VGG_RELU5_4]
+        feats = make_layers(cfgs["E"], batch_norm=False)[:VGG_RELU5_4]  # = torchvision vgg19().features[:36]
         wanted = set(feats.state_dict())
         sub = {}
         for k, v in sd.items():

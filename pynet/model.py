@@ -500,3 +500,39 @@ def load_official_checkpoint(path, map_location="cpu") -> "OrderedDict[str, torc
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: not a PyNET state dict (expected a mapping of parameter names to tensors)")
     return strip_module_prefix(obj)
+
+
+def model_meta(model: PyNET) -> dict:
+    """The constructor arguments needed to rebuild ``model`` (stored in pynet checkpoints)."""
+    return dict(variant=model.variant, width=model.width, instance_norm=model.instance_norm,
+                instance_norm_level_1=model.instance_norm_level_1, level=model.level)
+
+
+def load_pynet(path, map_location="cpu", **overrides) -> PyNET:
+    """Build a :class:`PyNET` from a checkpoint and load it with ``strict=True``.
+
+    Accepts the authors' PyTorch checkpoint (plain, possibly ``module.``-prefixed state dict -> the "pytorch"
+    variant at full width) and checkpoints written by :mod:`pynet.train` (``{"model": state_dict, "meta": {...}}``,
+    which record variant/width/normalisation). ``overrides`` replace constructor arguments (e.g. ``level=1``).
+    """
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: PyNET checkpoint not found") from None
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read PyNET checkpoint ({type(e).__name__}: {e})") from e
+    meta = {}
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        meta = dict(obj.get("meta") or {})
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a PyNET checkpoint (expected a state dict of tensors)")
+    kwargs = dict(variant="pytorch", width=1.0, instance_norm=True, instance_norm_level_1=None, level=0)
+    kwargs.update({k: meta[k] for k in kwargs if k in meta})
+    kwargs.update(overrides)
+    model = PyNET(**kwargs)
+    try:
+        model.load_state_dict(strip_module_prefix(obj), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: state dict does not match PyNET({kwargs}): {str(e)[:500]}") from e
+    return model

@@ -27,6 +27,8 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -44,8 +46,9 @@ class DetectorConfig:
     """Everything needed to rebuild a detector (stored in checkpoints as a plain dict).
 
     kind: "faster" | "mask". backbone: "dir" | "resnet". num_classes: object categories WITHOUT background
-    (the torchvision head gets ``num_classes + 1``). min_size / max_size: the detector's resize (pixels).
-    fpn_channels: FPN width. anchor_sizes: one size per FPN level (P2..P6), aspect_ratios shared by all levels.
+    (the torchvision head gets ``num_classes + 1``; 0 = take it from the training data). min_size / max_size: the detector's resize (pixels).
+    fpn_channels: FPN width. box_head_dim: width of the two-layer box MLP (torchvision: 1024). mask_head_channels:
+    width of the four mask-head convs (torchvision: 256). anchor_sizes: one size per FPN level (P2..P6), aspect_ratios shared by all levels.
     dir_checkpoint: a ``dir`` checkpoint (``dir.checkpoint.load_dirnet``); empty -> a DiRNet built from
     ``dir_model`` (a dict of ``dir.config.ModelConfig`` fields) with random weights.
     train_alignment / train_pilot / train_encoder: which DiR parts the detection loss updates (rest frozen).
@@ -58,10 +61,12 @@ class DetectorConfig:
 
     kind: str = "mask"
     backbone: str = "dir"
-    num_classes: int = 1
+    num_classes: int = 0
     min_size: int = 800
     max_size: int = 1333
     fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_channels: int = 256
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     dir_checkpoint: str = ""
@@ -84,9 +89,11 @@ class DetectorConfig:
             raise ValueError(f"model.kind must be 'faster' or 'mask', got {self.kind!r}")
         if self.backbone not in ("dir", "resnet"):
             raise ValueError(f"model.backbone must be 'dir' or 'resnet', got {self.backbone!r}")
-        if int(self.num_classes) < 1:
-            raise ValueError(f"model.num_classes (object categories, no background) must be >= 1, "
+        if int(self.num_classes) < 0:
+            raise ValueError(f"model.num_classes (object categories, no background) must be >= 0, "
                              f"got {self.num_classes}")
+        if min(self.fpn_channels, self.box_head_dim, self.mask_head_channels) < 1:
+            raise ValueError("model.fpn_channels, box_head_dim and mask_head_channels must be >= 1")
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"model.anchor_sizes needs 5 sizes (P2..P6), got {list(self.anchor_sizes)}")
         if self.resnet_depth not in (18, 34, 50):
@@ -306,6 +313,9 @@ def build_detector_from_config(cfg: DetectorConfig, dir_weights: bool = True) ->
     """torchvision ``FasterRCNN``/``MaskRCNN`` for ``cfg``; the returned model has ``.config`` (a DetectorConfig).
 
     ``dir_weights=False`` skips loading the DiR checkpoint (used when a full detector state dict follows)."""
+    if int(cfg.num_classes) < 1:
+        raise ValueError("model.num_classes must be >= 1 to build a detector (0 means 'from the data', which the "
+                         "training script fills in)")
     backbone = build_backbone(cfg, dir_weights)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes),
                               aspect_ratios=(tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
@@ -315,10 +325,17 @@ def build_detector_from_config(cfg: DetectorConfig, dir_weights: bool = True) ->
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(mean), image_std=list(std),
                   rpn_anchor_generator=anchors)
+    c, k = cfg.fpn_channels, int(cfg.num_classes) + 1
+    kwargs["box_head"] = TwoMLPHead(c * 7 * 7, cfg.box_head_dim)
+    kwargs["box_predictor"] = FastRCNNPredictor(cfg.box_head_dim, k)
+    if cfg.kind == "mask":
+        m = cfg.mask_head_channels
+        kwargs["mask_head"] = MaskRCNNHeads(c, (m, m, m, m), 1)
+        kwargs["mask_predictor"] = MaskRCNNPredictor(m, m, k)
     kwargs.update(cfg.detector_kwargs)
     cls = MaskRCNN if cfg.kind == "mask" else FasterRCNN
     try:
-        model = cls(backbone, num_classes=int(cfg.num_classes) + 1, **kwargs)
+        model = cls(backbone, num_classes=None, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad model.detector_kwargs {sorted(cfg.detector_kwargs)}: {e}") from e
     model.config = cfg

@@ -36,7 +36,9 @@ class DegradationConfig:
     ``names`` + ``severity`` -> ``isp_sim.pipeline.make_pipeline(names, severity)``; ``composite`` ("seen" or
     "unseen") -> ``isp_sim.pipeline.CompositeISP(split)`` (a random chain per image). ``prob_clean`` is the
     probability that an image is left clean (training mixes). ``per_epoch``: the per-image seed also depends on the
-    epoch (fresh degradations every epoch in training); off, the seed is ``image_seed(seed, file_name)``.
+    epoch (fresh degradations every epoch in training); off, the seed is ``image_seed(seed, file_name)``, or
+    ``image_seed(seed, f"{key_prefix}/{file_name}")`` with a ``key_prefix``: set it to the condition folder name of
+    ``python -m isp_sim degrade`` (e.g. "noise-3") to draw the same per-image parameters as that tool.
     """
 
     names: list[str] = field(default_factory=list)
@@ -45,6 +47,7 @@ class DegradationConfig:
     seed: int = 0
     prob_clean: float = 0.0
     per_epoch: bool = False
+    key_prefix: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -176,19 +179,28 @@ class CocoDetection(Dataset):
         from isp_sim.seeding import image_seed
 
         d = self.degradation
-        key = f"epoch{self.epoch}/{file_name}" if d.per_epoch else file_name
+        key = f"{d.key_prefix}/{file_name}" if d.key_prefix else file_name
+        if d.per_epoch:
+            key = f"epoch{self.epoch}/{key}"
         return image_seed(d.seed, key)
 
-    def _degrade(self, img: torch.Tensor, file_name: str) -> tuple[torch.Tensor, list]:
+    def _degrade(self, img: torch.Tensor, file_name: str) -> tuple[torch.Tensor, Any]:
+        """Degrade one image (3, H, W) in [0, 1]; odd sizes are edge-padded to even for the Bayer pipeline and
+        cropped back. Returns (image, isp_sim record or None when left clean)."""
         seed = self._image_seed(file_name)
         if self.degradation.prob_clean > 0:
             coin = np.random.default_rng(seed ^ 0x5EED).random()
             if coin < self.degradation.prob_clean:
-                return img, []
+                return img, None
         if self._pipeline is None:
             self._pipeline = self.degradation.build()
-        out, records = self._pipeline(img[None], [seed])
-        return out[0].clamp(0.0, 1.0).contiguous(), list(records[0])
+        h, w = img.shape[-2:]
+        x = img[None]
+        if h % 2 or w % 2:
+            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        with torch.no_grad():
+            out, records = self._pipeline(x, [seed])
+        return out[0, :, :h, :w].clamp(0.0, 1.0).contiguous(), records[0]
 
     def target_for(self, image_id: int, height: int, width: int) -> dict[str, torch.Tensor]:
         """The torchvision target of ``image_id`` (see the module docstring); boxes clipped to the image."""
@@ -232,7 +244,7 @@ class CocoDetection(Dataset):
         return t
 
     def load(self, index: int) -> dict[str, Any]:
-        """Everything about sample ``index``: image, target, file_name, degradation records."""
+        """Everything about sample ``index``: image, target, file_name, isp_sim degradation record (or None)."""
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         fn = info["file_name"]
@@ -242,15 +254,15 @@ class CocoDetection(Dataset):
             raise DatasetError(f"{self.read_dir / fn} is {w}x{h} but {self.ann_file} says "
                                f"{info['width']}x{info['height']}")
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-        records: list = []
+        record = None
         if self.degradation is not None:
-            img, records = self._degrade(img, fn)
+            img, record = self._degrade(img, fn)
         target = self.target_for(image_id, h, w)
         if self.hflip:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
             if torch.rand((), generator=g).item() < 0.5:
                 img, target = hflip(img, target)
-        return {"image": img, "target": target, "file_name": fn, "records": records}
+        return {"image": img, "target": target, "file_name": fn, "record": record}
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.load(index)

@@ -293,3 +293,13 @@ def make_dataset(out_dir: str | os.PathLike, n_train: int = 400, n_val: int = 10
     _atomic_json(meta_path, want)
     log.info("wrote procedural dataset (%d train, %d val) to %s", spec.n_train, spec.n_val, out)
     return paths
+
+
+def existing_dataset(out_dir: str | os.PathLike) -> dict[str, dict[str, str]] | None:
+    """Paths of a complete procedural dataset already in ``out_dir`` (whatever its parameters), else None."""
+    out = Path(out_dir).resolve()
+    paths = {s: {"images": str(out / s), "annotations": str(out / "annotations" / f"instances_{s}.json")}
+             for s in ("train", "val")}
+    if (out / "meta.json").is_file() and all(Path(p["annotations"]).is_file() for p in paths.values()):
+        return paths
+    return None

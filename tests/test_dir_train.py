@@ -1,0 +1,128 @@
+"""Training stages: determinism, resume, decreasing losses, checkpoints, the CLI, evaluation."""
+import json
+
+import pytest
+import torch
+
+from dir.checkpoint import DiRCheckpointError, atomic_save, load_dirnet
+from dir.config import config_from_dict, load_config
+from dir.data import PatchDataset, PhotometricDegrader, batch_stream, load_images
+from dir.train import output_path, train_stage
+
+TOY = PhotometricDegrader()
+
+
+def tiny_cfg(out_dir, steps=6, **over):
+    d = {
+        "run": {"out_dir": str(out_dir), "seed": 7, "threads": 1},
+        "model": {"channels": [8, 16, 32, 64], "proj_dim": 16},
+        "data": {"patch_size": 32, "epoch_size": 24, "views": 2, "max_side": 128},
+        "loss": {"local_samples": 8},
+    }
+    for st in ("mmi", "dfr", "align", "restore"):
+        d[st] = {"steps": steps, "batch_size": 4, "log_every": 1, "ckpt_every": 3}
+    d["plain"] = {"batch_size": 4, "log_every": 1, "ckpt_every": 3}
+    for k, v in over.items():
+        d.setdefault(k, {}).update(v)
+    return config_from_dict(d)
+
+
+def losses(path):
+    return [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in path.read_text().splitlines()]
+
+
+def test_same_seed_same_curve_and_resume(tmp_path):
+    a = tiny_cfg(tmp_path / "a")
+    b = tiny_cfg(tmp_path / "b")
+    train_stage(a, "mmi", TOY, progress=False)
+    train_stage(b, "mmi", TOY, progress=False, stop_after=3)  # interrupted after a checkpoint ...
+    assert not output_path(b, "mmi").exists()
+    train_stage(b, "mmi", TOY, progress=False)  # ... and resumed
+    la, lb = losses(tmp_path / "a/mmi/log.jsonl"), losses(tmp_path / "b/mmi/log.jsonl")
+    assert len(la) == 6 and la == lb
+    sa = torch.load(output_path(a, "mmi"), weights_only=True)["state_dict"]
+    sb = torch.load(output_path(b, "mmi"), weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # a different seed gives a different curve
+    c = tiny_cfg(tmp_path / "c", run={"seed": 8})
+    train_stage(c, "mmi", TOY, progress=False, stop_after=3)
+    assert losses(tmp_path / "c/mmi/log.jsonl")[:3] != la[:3]
+    # re-running a finished stage does nothing; a changed config is refused
+    mtime = output_path(a, "mmi").stat().st_mtime_ns
+    train_stage(a, "mmi", TOY, progress=False)
+    assert output_path(a, "mmi").stat().st_mtime_ns == mtime
+    changed = tiny_cfg(tmp_path / "a", loss={"temperature": 0.5})
+    with pytest.raises(RuntimeError, match="different config"):
+        train_stage(changed, "mmi", TOY, progress=False)
+
+
+def test_losses_decrease(tmp_path):
+    cfg = tiny_cfg(tmp_path, steps=30, dfr={"lr": 0.003}, mmi={"lr": 0.003})
+    train_stage(cfg, "dfr", TOY, progress=False)
+    train_stage(cfg, "mmi", TOY, progress=False)
+    dfr = [r["loss"] for r in losses(tmp_path / "dfr/log.jsonl")]
+    mmi = [r["mi_local"] for r in losses(tmp_path / "mmi/log.jsonl")]
+    assert sum(dfr[-5:]) / 5 < 0.7 * sum(dfr[:5]) / 5
+    assert sum(mmi[-5:]) / 5 > sum(mmi[:5]) / 5  # the MI bound rises while training
+
+
+def test_pipeline_checkpoints_and_mismatch(tmp_path):
+    cfg = tiny_cfg(tmp_path, steps=3)
+    with pytest.raises(FileNotFoundError, match="--stage mmi"):
+        train_stage(cfg, "align", TOY, progress=False)
+    for st in ("mmi", "dfr", "align", "restore"):
+        train_stage(cfg, st, TOY, progress=False)
+    net = load_dirnet(output_path(cfg, "restore"))
+    assert bool(net.ref_stats_valid)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = net.forward_features(x)
+        assert f["s32"].shape == (2, 64, 2, 2)
+    # the stored model config is checked
+    with pytest.raises(DiRCheckpointError, match="trained with model config"):
+        load_dirnet(output_path(cfg, "restore"), expect_config={"channels": [16, 32, 64, 128]})
+    # tensors that do not fit the stored config
+    obj = torch.load(output_path(cfg, "restore"), weights_only=True)
+    obj["model_config"]["channels"] = [16, 32, 64, 128]
+    atomic_save(obj, tmp_path / "bad.pt")
+    with pytest.raises(DiRCheckpointError, match="does not match DiRNet"):
+        load_dirnet(tmp_path / "bad.pt")
+    with pytest.raises(DiRCheckpointError, match="expected 'dirnet-v1'"):
+        load_dirnet(output_path(cfg, "dfr"))
+    with pytest.raises(DiRCheckpointError, match="not found"):
+        load_dirnet(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DiRCheckpointError, match="cannot read"):
+        load_dirnet(tmp_path / "junk.pt")
+
+
+def test_batches_independent_of_resume_point():
+    imgs = [x for _, x in load_images(max_side=96, names=["astronaut", "coffee"])]
+    ds = PatchDataset(imgs, 32, 16, 2, TOY, 0, "t")
+    full = list(batch_stream(ds, 4, 0, 10, seed=0))
+    part = list(batch_stream(ds, 4, 6, 10, seed=0))
+    assert [s for s, _ in full] == list(range(10))
+    for (s1, b1), (s2, b2) in zip(full[6:], part):
+        assert s1 == s2 and torch.equal(b1["views"], b2["views"]) and torch.equal(b1["clean"], b2["clean"])
+    # the two ranks of a 2-process run split each global batch
+    r0 = next(iter(batch_stream(ds, 4, 0, 1, seed=0, rank=0, world_size=2)))[1]
+    r1 = next(iter(batch_stream(ds, 4, 0, 1, seed=0, rank=1, world_size=2)))[1]
+    assert r0["clean"].shape[0] == 2 and not torch.equal(r0["clean"], r1["clean"])
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict({"mmi": {"stepz": 3}})
+    with pytest.raises(ValueError, match="unknown config section"):
+        config_from_dict({"training": {}})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        config_from_dict({"data": {"patch_size": 50}})
+    with pytest.raises(ValueError, match="estimator"):
+        config_from_dict({"loss": {"estimator": "mine"}})
+    p = tmp_path / "c.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(p)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "nope.yaml")
+    assert config_from_dict({}).plain_steps() == 4 * 300
