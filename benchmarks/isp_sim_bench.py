@@ -33,8 +33,11 @@ def main() -> None:
     ap.add_argument("--size", default="1080x1920", help="HxW of the test frame")
     ap.add_argument("--batch", type=int, default=4, help="images per batched torch call")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.lower().split("x"))
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     import colour_demosaicing as cd
     import rawpy

@@ -53,8 +53,11 @@ def _conv(x: torch.Tensor, kernel, mode: str = "reflect") -> torch.Tensor:
             c = float(k[dy, dx])
             if c == 0.0:
                 continue
-            term = xp[..., dy:dy + h, dx:dx + w] * c
-            out = term if out is None else out + term
+            view = xp[..., dy:dy + h, dx:dx + w]
+            if out is None:
+                out = view * c
+            else:
+                out.add_(view, alpha=c)
     return out if out is not None else torch.zeros_like(x)
 
 
@@ -173,8 +176,9 @@ def demosaic_menon(raw: torch.Tensor, pattern: str = "RGGB", refine: bool = True
     is_r = rm > 0
     is_b = bm > 0
 
-    g_h = torch.where(is_g, G, _h(raw, _H0) + _h(raw, _H1))
-    g_v = torch.where(is_g, G, _v(raw, _H0) + _v(raw, _H1))
+    h01 = tuple(a + b for a, b in zip(_H0, _H1))  # the two directional filters applied in one pass
+    g_h = torch.where(is_g, G, _h(raw, h01))
+    g_v = torch.where(is_g, G, _v(raw, h01))
     c_h = torch.where(is_r, R - g_h, torch.where(is_b, B - g_h, torch.zeros_like(raw)))
     c_v = torch.where(is_r, R - g_v, torch.where(is_b, B - g_v, torch.zeros_like(raw)))
     d_h = (c_h - F.pad(c_h, (0, 2, 0, 0), mode="reflect")[..., :, 2:]).abs()
