@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="authors' pynet_level_0.pth or a checkpoint written by 'python -m pynet train'")
     i.add_argument("--out", required=True, help="output folder")
     i.add_argument("--level", type=int, default=0, help="output level (0 = full resolution)")
-    i.add_argument("--mode", default="seamless", choices=["whole", "seamless", "two_pass", "exact"],
-                   help="whole frame, blended tiles (per-tile instance norm), tiles with frame statistics "
-                        "gathered in a first pass, or exact layer-streaming (default: seamless)")
+    i.add_argument("--mode", default="seamless", choices=["whole", "seamless", "exact"],
+                   help="whole frame, blended overlapping tiles (per-tile instance norm), or exact "
+                        "layer-streaming tiles that match whole-frame output (default: seamless)")
     i.add_argument("--tile", type=int, default=512, help="tile size in packed pixels (multiple of 16)")
     i.add_argument("--overlap", type=int, default=64, help="tile overlap in packed pixels (multiple of 16)")
     i.add_argument("--store", default="memory", choices=["memory", "disk"],

@@ -20,6 +20,7 @@ scikit-image (:func:`skimage_images`), two of them held out for validation.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -211,6 +212,11 @@ class NamedImage:
 
 def skimage_images(names: Sequence[str]) -> list[NamedImage]:
     """RGB sample images shipped with scikit-image (no download). ``"motorcycle"`` = left stereo view."""
+    return list(_skimage_images(tuple(names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _skimage_images(names: tuple) -> tuple:
     import skimage.data as skd
 
     out = []
@@ -227,8 +233,10 @@ def skimage_images(names: Sequence[str]) -> list[NamedImage]:
             img = np.repeat(img[..., None], 3, axis=2)
         if img.dtype != np.uint8:
             raise DataError(f"skimage.data.{n}: expected uint8, got {img.dtype}")
-        out.append(NamedImage(n, np.ascontiguousarray(img[..., :3])))
-    return out
+        img = np.ascontiguousarray(img[..., :3])
+        img.setflags(write=False)
+        out.append(NamedImage(n, img))
+    return tuple(out)
 
 
 def folder_images(folder: str | Path) -> list[NamedImage]:
@@ -258,6 +266,11 @@ class SyntheticPairs(Dataset):
         grid: instead of random crops, use a deterministic grid of non-overlapping crops (validation sets);
             ``length`` is then ignored.
         camera_seed: seed of the single camera used with ``camera="fixed"`` (default ``seed``).
+        noise: add heteroscedastic sensor noise (isp_sim.noise: shot/read variances at an ISO drawn log-uniformly
+            from ``iso_range``) plus a read-noise floor of ``read_floor`` counts (std) before the 10-bit
+            quantisation. Besides realism this keeps crops of flat black regions from being perfectly constant:
+            constant inputs give zero-variance instance-norm inputs, whose backward pass multiplies gradients by
+            1/sqrt(eps) per layer and overflows to NaN.
 
     Returns ``(raw (4, patch, patch), target (3, 2*patch >> L, 2*patch >> L))``; raw = 10-bit ZRR-like counts
     (black 64, white 1023) / 1020 in PyNET packing order.
@@ -265,7 +278,8 @@ class SyntheticPairs(Dataset):
 
     def __init__(self, images: Sequence[NamedImage], patch: int = 64, length: int = 1000, seed: int = 0,
                  level: int = 0, augment: bool = True, camera: str = "random", grid: bool = False,
-                 camera_seed: Optional[int] = None):
+                 camera_seed: Optional[int] = None, noise: bool = True, iso_range=(100.0, 1600.0),
+                 read_floor: float = 1.0):
         if patch % 16:
             raise DataError(f"SyntheticPairs: patch {patch} must be a multiple of 16")
         if camera not in ("random", "fixed"):
@@ -281,6 +295,7 @@ class SyntheticPairs(Dataset):
             raise DataError("SyntheticPairs: no images")
         self.patch, self.seed, self.level, self.augment, self.camera = patch, int(seed), int(level), augment, camera
         self.camera_seed = self.seed if camera_seed is None else int(camera_seed)
+        self.noise, self.iso_range, self.read_floor = bool(noise), tuple(iso_range), float(read_floor)
         if grid:
             self.crops = [(k, y, x) for k, im in enumerate(self.images)
                           for y in range(0, im.rgb.shape[0] - size + 1, size)
@@ -329,15 +344,28 @@ class SyntheticPairs(Dataset):
         crop = np.ascontiguousarray(crop)
         params = self._camera(rng)
         info = dict(image=self.images[k].name, y=y, x=x, rot90=rot, flip=flip, camera=params.to_dict())
+        if self.noise:
+            from isp_sim.noise import read_from_shot, sample_iso, shot_from_iso
+
+            iso = sample_iso(rng, *self.iso_range)
+            shot = shot_from_iso(iso)
+            read = read_from_shot(shot, rng) + (self.read_floor / (ZRR_WHITE - ZRR_BLACK)) ** 2
+            info["noise"] = dict(iso=iso, shot=shot, read=read, torch_seed=int(rng.integers(2**62)))
         return (crop, params), info
 
     def __getitem__(self, i: int):
         from isp_sim.unprocess import unprocess
 
-        (crop, params), _ = self._draw(i)
+        (crop, params), info = self._draw(i)
         srgb = torch.from_numpy(crop.transpose(2, 0, 1).copy()).float().div_(255.0)[None]
         with torch.no_grad():
             linear, _ = unprocess(srgb, [params], pattern="RGGB")
+            if self.noise:
+                from isp_sim.noise import add_sensor_noise
+
+                n = info["noise"]
+                gen = torch.Generator().manual_seed(n["torch_seed"])
+                linear = add_sensor_noise(linear, n["shot"], n["read"], gen)
         counts = linear_to_zrr_counts(linear[0, 0].numpy())
         raw = torch.from_numpy(pack_pynet(counts, "RGGB"))
         return raw, resize_target(crop, self.level)
@@ -345,13 +373,14 @@ class SyntheticPairs(Dataset):
 
 def embedded_datasets(patch: int = 64, train_length: int = 1000, seed: int = 0, level: int = 0,
                       camera: str = "random", train_names: Sequence[str] = SKIMAGE_TRAIN,
-                      val_names: Sequence[str] = SKIMAGE_VAL) -> tuple[SyntheticPairs, SyntheticPairs]:
+                      val_names: Sequence[str] = SKIMAGE_VAL, **options) -> tuple[SyntheticPairs, SyntheticPairs]:
     """The embedded default data: train on random crops of scikit-image samples, validate on a grid of crops of
-    held-out images (``SKIMAGE_VAL``), both synthesised by unprocessing."""
+    held-out images (``SKIMAGE_VAL``), both synthesised by unprocessing. ``options``: ``noise``, ``iso_range``,
+    ``read_floor`` of :class:`SyntheticPairs`."""
     overlap = set(train_names) & set(val_names)
     if overlap:
         raise DataError(f"embedded data: images {sorted(overlap)} are in both train and validation")
-    train = SyntheticPairs(skimage_images(train_names), patch, train_length, seed, level, True, camera)
+    train = SyntheticPairs(skimage_images(train_names), patch, train_length, seed, level, True, camera, **options)
     val = SyntheticPairs(skimage_images(val_names), patch, 0, seed + 1, level, False, camera, grid=True,
-                         camera_seed=seed)
+                         camera_seed=seed, **options)
     return train, val

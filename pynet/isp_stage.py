@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from isp_sim.bayer import pack, validate_pattern
 
-from .data import PYNET_ORDER, ZRR_BLACK, ZRR_NORM, ZRR_WHITE
+from .data import PYNET_ORDER, ZRR_BLACK, ZRR_NORM, ZRR_WHITE, pack_pynet
 from .infer import infer_tiled, pad_to_multiple
 from .model import PyNET, load_pynet
 
@@ -36,7 +36,13 @@ def linear_to_pynet_packed(raw: torch.Tensor, pattern: str = "RGGB") -> torch.Te
 
 
 def raw_image_to_pynet_input(raw) -> torch.Tensor:
-    """An ``isp_sim.raw.RawImage`` -> PyNET input ``(1, 4, H/2, W/2)`` (its linear RAW mapped to ZRR counts)."""
+    """An ``isp_sim.raw.RawImage`` -> PyNET input ``(1, 4, H/2, W/2)``.
+
+    Frames already in the ZRR convention (RGGB, black level 64, white level 1023, e.g. Zurich PNGs) are packed from
+    their stored counts exactly as the authors' loader does (/1020, no clipping); other frames are mapped from
+    their linear RAW to ZRR-like counts (``64 + x * 959``)."""
+    if raw.pattern == "RGGB" and all(b == ZRR_BLACK for b in raw.black_level) and raw.white_level == ZRR_WHITE:
+        return torch.from_numpy(pack_pynet(raw.counts, "RGGB"))[None]
     lin = torch.from_numpy(np.ascontiguousarray(raw.linear(clip=True)))[None, None]
     return linear_to_pynet_packed(lin, raw.pattern)
 
@@ -90,3 +96,6 @@ class PyNETISP(nn.Module):
         lin = torch.from_numpy(np.ascontiguousarray(raw_image.linear(clip=True)))[None, None]
         y = self.forward(lin, raw_image.pattern)
         return (y[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+PyNETStage = PyNETISP  # name used by isp_sim.pipeline's documentation

@@ -233,6 +233,10 @@ class PyNET(nn.Module):
         self.level5_skips = cfg["level5_skips"]
         pad, eps = cfg["pad"], cfg["in_eps"]
         IN, IN1 = self.instance_norm, self.instance_norm and self.instance_norm_level_1
+        # layer constructors draw PyTorch's default init from the global RNG; those values are replaced by
+        # reset_parameters(seed) below, and the global RNG state is restored so that building a model has no
+        # side effect on other random draws
+        global_rng_state = torch.get_rng_state()
 
         def c(n: int) -> int:
             return max(1, int(round(n * self.width)))
@@ -318,6 +322,7 @@ class PyNET(nn.Module):
         self.conv_t0 = Up(l1, c(cfg["head_channels"]))
         self.conv_l0_d1 = head(c(cfg["head_channels"]))
 
+        torch.set_rng_state(global_rng_state)
         self.reset_parameters(seed)
 
     # ------------------------------------------------------------------ init

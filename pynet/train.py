@@ -10,7 +10,10 @@ published loss (:mod:`pynet.losses`). Files in ``out_dir``:
   killed run restarted with the same config continues from it. Batches are a pure function of
   ``(seed, level, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
 * ``train_log.jsonl``: one JSON object per line (``event`` = start, level_start, loss_substitution, step, eval,
-  level_end, resume, done).
+  level_end, resume, skipped_step, done).
+
+Steps whose gradient norm is not finite are skipped (logged as ``skipped_step``) instead of corrupting the weights;
+``grad_clip`` optionally clips the gradient norm (the releases do not clip).
 
 All files are written atomically (temporary file + ``os.replace``).
 """
@@ -58,6 +61,8 @@ class DataConfig:
     train_length: int = 2000  # synthetic data: number of random crops per epoch
     camera: str = "random"  # synthetic data: "random" or "fixed" unprocessing camera
     augment: bool = True
+    noise: bool = True  # synthetic data: sensor noise (see pynet.data.SyntheticPairs)
+    iso_range: list = field(default_factory=lambda: [100.0, 1600.0])
     seed: int = 0  # data seed (crops, cameras, augmentations)
     limit_train: Optional[int] = None  # ZRR: use only the first N patches
     limit_val: Optional[int] = None  # cap on validation samples
@@ -85,6 +90,7 @@ class TrainConfig:
     vgg_weights: Optional[str] = None  # local torchvision vgg19 state dict; None -> substitute term (logged)
     loss_weights: Optional[dict] = None  # {level: {term: weight}} overriding the published weights
     init_checkpoint: Optional[str] = None  # weights to start from when the first scheduled level has no predecessor
+    grad_clip: Optional[float] = None  # max gradient norm (None = no clipping, as published)
     ckpt_every: int = 200  # steps between in-progress checkpoints
     log_every: int = 10  # steps between loss log lines
     val_batch_size: int = 4
@@ -171,7 +177,8 @@ def build_datasets(cfg: TrainConfig, level: int):
         val = D.ZurichPatches(dc.root, "test", level, limit=dc.limit_val)
         return train, val
     if dc.kind == "embedded":
-        train, val = D.embedded_datasets(dc.patch, dc.train_length, dc.seed, level, dc.camera)
+        train, val = D.embedded_datasets(dc.patch, dc.train_length, dc.seed, level, dc.camera, noise=dc.noise,
+                                         iso_range=tuple(dc.iso_range))
     else:
         imgs = D.folder_images(dc.root)
         if dc.val_root:
@@ -180,9 +187,10 @@ def build_datasets(cfg: TrainConfig, level: int):
             if len(imgs) <= dc.val_holdout or dc.val_holdout < 1:
                 raise D.DataError(f"{dc.root}: need more than val_holdout={dc.val_holdout} images to hold some out")
             imgs, val_imgs = imgs[: -dc.val_holdout], imgs[-dc.val_holdout:]
-        train = D.SyntheticPairs(imgs, dc.patch, dc.train_length, dc.seed, level, dc.augment, dc.camera)
+        opts = dict(noise=dc.noise, iso_range=tuple(dc.iso_range))
+        train = D.SyntheticPairs(imgs, dc.patch, dc.train_length, dc.seed, level, dc.augment, dc.camera, **opts)
         val = D.SyntheticPairs(val_imgs, dc.patch, 0, dc.seed + 1, level, False, dc.camera, grid=True,
-                               camera_seed=dc.seed)
+                               camera_seed=dc.seed, **opts)
     if dc.limit_val is not None and len(val) > dc.limit_val:
         val = torch.utils.data.Subset(val, list(range(dc.limit_val)))
     return train, val
@@ -329,6 +337,8 @@ def train(cfg: TrainConfig, stop_after_steps: Optional[int] = None) -> dict:
         final_path = out / f"pynet_level_{L}.pth"
         state_path = out / f"level_{L}_state.pth"
         if final_path.exists():
+            if state_path.exists():  # killed between writing the final weights and removing the state
+                state_path.unlink()
             model.load_state_dict(_weights(final_path), strict=True)
             log.info("level %d already trained (%s): skipping", L, final_path)
             summary["levels"][L] = {"skipped": True}
@@ -370,18 +380,24 @@ def train(cfg: TrainConfig, stop_after_steps: Optional[int] = None) -> dict:
             raw, target = raw.to(device, non_blocking=True), target.to(device, non_blocking=True)
             pred = model(raw, level=L)
             loss, terms = criterion(pred, target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"level {L} step {step}: loss is {float(loss)} (terms {terms})")
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"level {L} step {step}: loss is {loss_value} (terms {terms})")
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            optim.step()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+            if torch.isfinite(gnorm):
+                optim.step()
+            else:  # never let one non-finite gradient poison the weights through Adam's moments
+                logger.write("skipped_step", level=L, step=step, reason=f"non-finite gradient norm {float(gnorm)}")
+                log.warning("level %d step %d: non-finite gradient, update skipped", L, step)
             step += 1
             steps_done += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}")
             if step % cfg.log_every == 0 or step == total:
-                logger.write("step", level=L, step=step, loss=float(loss), terms=terms,
+                logger.write("step", level=L, step=step, loss=loss_value, terms=terms,
                              sec_per_step=round((time.time() - t0) / max(1, step - start), 4))
             if step % cfg.ckpt_every == 0 and step < total:
                 save_atomic({"model": model.state_dict(), "optimizer": optim.state_dict(), "step": step,

@@ -6,6 +6,15 @@ import torch.nn as nn
 from pynet.model import (PARAM_COUNT, PyNET, count_parameters, load_official_checkpoint, load_pynet, model_meta,
                          output_size, strip_module_prefix)
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 
 @pytest.fixture(scope="module")
 def pytorch_model():
@@ -113,6 +122,10 @@ def test_width_multiplier_keeps_names_and_seeded_init():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in full_keys)
     assert not torch.equal(a.conv_l1_d1.conv_3a.conv2d.weight, c.conv_l1_d1.conv_3a.conv2d.weight)
     assert model_meta(a)["width"] == 0.25
+    # building a model does not consume the global RNG (all init draws come from its own generator)
+    state = torch.get_rng_state()
+    PyNET("pytorch", width=0.125)
+    assert torch.equal(state, torch.get_rng_state())
     assert a.conv_l1_d1.conv_3a.conv2d.weight.shape[0] == 8
 
 
