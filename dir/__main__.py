@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--config", required=True)
     ev.add_argument("--out-dir", help="override run.out_dir")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--tag", default="eval", help="report sub-directory of out_dir (default: eval)")
+    ev.add_argument("--eval-images", help="comma-separated image names to evaluate on instead of the held-out set")
     args = ap.parse_args(argv)
 
     from .config import load_config
@@ -29,13 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.run.threads)
     if args.cmd == "train":
         from .train import train_all, train_stage
-        if args.stage == "all":
-            train_all(cfg, progress=not args.no_progress)
-        else:
-            train_stage(cfg, args.stage, progress=not args.no_progress)
+        try:
+            if args.stage == "all":
+                train_all(cfg, progress=not args.no_progress)
+            else:
+                train_stage(cfg, args.stage, progress=not args.no_progress)
+        finally:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
         return 0
     from .evaluate import evaluate
-    report = evaluate(cfg, device=args.device)
+    if args.eval_images:
+        cfg.data.eval_images = [n.strip() for n in args.eval_images.split(",") if n.strip()]
+    report = evaluate(cfg, device=args.device, tag=args.tag)
     from .evaluate import markdown_report
     print(markdown_report(report))
     return 0

@@ -22,18 +22,24 @@ class ModelConfig:
 
     channels: encoder widths at strides 4/8/16/32. blocks: residual blocks per scale (>= 1).
     pilot_width: width multiplier of the pilot encoder relative to ``channels`` (0 < w <= 1).
+    pilot_init: "dfr" (start the pilot from the trained DfR encoder E*; needs pilot_width 1) or "scratch".
     decoder_channels: decoder widths at strides 4/8/16/32 (None = same as ``channels``).
-    proj_dim: output width of the MI projection heads. gn_groups: GroupNorm groups (clipped to divide channels).
+    proj_dim: output width of the MI projection heads. norm: "none" (default), "gn" (GroupNorm with ``gn_groups``
+    groups, clipped to divide the channels) or "bn" (BatchNorm).
     """
 
     channels: tuple[int, int, int, int] = (32, 64, 128, 256)
     blocks: tuple[int, int, int, int] = (1, 1, 1, 1)
-    pilot_width: float = 0.5
+    pilot_width: float = 1.0
+    pilot_init: str = "dfr"
     decoder_channels: tuple[int, int, int, int] | None = None
     proj_dim: int = 64
     gn_groups: int = 8
+    norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.norm not in ("none", "gn", "bn"):
+            raise ValueError(f"model.norm must be 'none', 'gn' or 'bn', got {self.norm!r}")
         self.channels = tuple(int(c) for c in self.channels)
         self.blocks = tuple(int(b) for b in self.blocks)
         if self.decoder_channels is not None:
@@ -44,6 +50,10 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be 4 positive integers (strides 4/8/16/32), got {v}")
         if not 0.0 < float(self.pilot_width) <= 1.0:
             raise ValueError(f"model.pilot_width must be in (0, 1], got {self.pilot_width}")
+        if self.pilot_init not in ("dfr", "scratch"):
+            raise ValueError(f"model.pilot_init must be 'dfr' or 'scratch', got {self.pilot_init!r}")
+        if self.pilot_init == "dfr" and float(self.pilot_width) != 1.0:
+            raise ValueError("model.pilot_init 'dfr' needs model.pilot_width 1.0 (the pilot copies E*)")
         if int(self.proj_dim) < 1 or int(self.gn_groups) < 1:
             raise ValueError("model.proj_dim and model.gn_groups must be >= 1")
 
@@ -116,7 +126,9 @@ class LossConfig:
 @dataclass
 class StageConfig:
     """Optimisation of one stage: steps (optimizer updates; 0 skips the stage), batch_size (global, split over
-    ranks), lr, weight_decay, grad_clip (max grad norm, 0 = off), ckpt_every / log_every (steps)."""
+    ranks), lr (peak; 5% linear warm-up then cosine decay to 5%), weight_decay, grad_clip (max grad norm, 0 = off),
+    ckpt_every / log_every (steps). Restore stage only: finetune_alignment (also train P and A) and
+    finetune_lr_mult (their learning rate relative to the decoder's)."""
 
     steps: int = 300
     batch_size: int = 16
@@ -125,7 +137,8 @@ class StageConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 100
     log_every: int = 10
-    finetune_alignment: bool = True  # restore stage only: also update pilot + alignment (lr x 0.1)
+    finetune_alignment: bool = True  # restore stage only: also update pilot + alignment ...
+    finetune_lr_mult: float = 0.5  # ... with learning rate lr * finetune_lr_mult
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:

@@ -8,8 +8,10 @@
    the flattened feature maps of two views of the *same* crop (over all view pairs), per scale, for DiR's r+,
    r0 (MMI encoder), r-> (pilot) and the plain encoder's features; plus the same for views of *different* crops as a
    reference (features that are merely all-positive are similar for any two images).
+3. Alignment: distance of r+ and r-> (after the align stage and after the restore stage) and of E*(x_degraded) to
+   the clean reference r* = E*(x_clean): relative L1 (feature level) and channel-moment distance (distribution level).
 
-Writes ``<out_dir>/eval/report.json`` and ``report.md`` (atomically) and returns the report dict.
+Writes ``<out_dir>/<tag>/report.json`` and ``report.md`` (tag defaults to ``eval``) (atomically) and returns the report dict.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from isp_sim.seeding import image_seed
 from .checkpoint import atomic_write_text, load_dirnet, load_model_file, load_state_strict
 from .config import DiRConfig, model_config_from_dict
 from .data import apply_degrader, load_images, make_degrader, make_single_degrader, random_patch
-from .model import SCALES, PlainEncDec
+from .losses import moment_loss, relative_l1
+from .model import SCALES, DfRAutoencoder, PlainEncDec
 from .train import FORMATS, output_path
 
 METHODS = ("input", "plain", "dir", "dir_no_restore", "pilot_only")
@@ -39,6 +42,14 @@ def load_plain(path: str | Path) -> PlainEncDec:
     """Rebuild the plain encoder-decoder baseline from ``plain.pt``."""
     mcfg, state, _ = load_model_file(path, FORMATS["plain"])
     m = PlainEncDec(model_config_from_dict(mcfg))
+    load_state_strict(m, state, str(path))
+    return m.eval()
+
+
+def load_dfr(path: str | Path) -> DfRAutoencoder:
+    """Rebuild the DfR autoencoder (E*, D*) from ``dfr.pt``."""
+    mcfg, state, _ = load_model_file(path, FORMATS["dfr"])
+    m = DfRAutoencoder(model_config_from_dict(mcfg))
     load_state_strict(m, state, str(path))
     return m.eval()
 
@@ -73,11 +84,13 @@ def _summary(values: list[float]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True) -> dict:
-    """Run the restoration and representation evaluation for the models in ``cfg.run.out_dir``."""
+def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: str = "eval") -> dict:
+    """Run the restoration and representation evaluation for the models in ``cfg.run.out_dir``; the report goes
+    to ``<out_dir>/<tag>/``."""
     out_dir = Path(cfg.run.out_dir)
     dirnet = load_dirnet(output_path(cfg, "restore"), device)
     dir_align = load_dirnet(output_path(cfg, "align"), device)
+    dfr = load_dfr(output_path(cfg, "dfr")).to(device)
     plain = load_plain(output_path(cfg, "plain")).to(device)
     crops = eval_crops(cfg)
     ev = cfg.eval
@@ -90,7 +103,7 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True) -> dict
 
     conditions = [(f"composite:{s}", make_degrader(s)) for s in ev.splits]
     conditions += [(f"{n}@{ev.severity}", make_single_degrader(n, ev.severity)) for n in ev.single]
-    restoration, representation = {}, {}
+    restoration, representation, align_err = {}, {}, {}
     for cond, degrade in conditions:
         scores = {m: {"psnr": [], "ssim": []} for m in METHODS}
         feats = {k: [] for k in ("dir_rplus", "dir_r0", "dir_pilot", "plain_encoder")}
@@ -108,13 +121,26 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True) -> dict
                 pf = plain.encoder(x)
                 for key, f in (("dir_rplus", rplus), ("dir_r0", r0), ("dir_pilot", rp), ("plain_encoder", pf)):
                     feats[key].append({s: f[s].flatten(1).cpu() for s in SCALES})
+                # alignment to the clean reference r* = E*(x_clean), per view
+                rstar = {s: f.expand(ev.views, -1, -1, -1) for s, f in dfr.encoder(clean[None].to(device)).items()}
+                _, rp_a, rplus_a = dir_align.representations(x)
+                cands = {"r+ (DiR)": rplus, "r+ (after align stage)": rplus_a, "r-> (pilot)": rp,
+                         "r-> (pilot, after align stage)": rp_a, "E*(x_degraded)": dfr.encoder(x)}
+                for key, f in cands.items():
+                    align_err.setdefault(cond, {}).setdefault(key, {"feat": [], "dist": []})
+                    align_err[cond][key]["feat"].append(
+                        float(np.mean([float(relative_l1(f[s], rstar[s])) for s in SCALES])))
+                    align_err[cond][key]["dist"].append(
+                        float(np.mean([float(moment_loss(f[s], rstar[s])) for s in SCALES])))
         restoration[cond] = {m: {k: _summary(v) for k, v in d.items()} for m, d in scores.items()}
         if progress:
             print(f"[dir eval] {cond}: " + ", ".join(
                 f"{m} {restoration[cond][m]['psnr']['mean']:.2f} dB" for m in METHODS))
         if cond.startswith("composite:"):
             representation[cond] = _representation_scores(feats, ev.views)
-    report = {"restoration": restoration, "representation": representation,
+    alignment = {c: {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in per.items()}
+                 for c, per in align_err.items()}
+    report = {"restoration": restoration, "representation": representation, "alignment": alignment,
               "settings": {"crops": [n for n, _ in crops], "crop": ev.crop, "views": ev.views,
                            "severity_single": ev.severity, "seed": ev.seed},
               "train_meta": {"dir": getattr(dirnet, "train_meta", {}), "plain": _meta(output_path(cfg, "plain"))},
@@ -125,7 +151,7 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True) -> dict
                              "dir_decoder": sum(p.numel() for p in dirnet.decoder.parameters()),
                              "plain": sum(p.numel() for p in plain.parameters())}}
     report["train_seconds"] = _train_seconds(cfg)
-    edir = out_dir / "eval"
+    edir = out_dir / tag
     atomic_write_text(json.dumps(report, indent=2), edir / "report.json")
     atomic_write_text(markdown_report(report), edir / "report.md")
     return report
@@ -187,6 +213,17 @@ def markdown_report(r: dict) -> str:
         for key, res in rep.items():
             cells = [f"{res[s]['same_image']:.3f} / {res[s]['different_images']:.3f}" for s in SCALES]
             cells.append(f"{res['mean']['same_image']:.3f} / {res['mean']['different_images']:.3f}")
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Alignment to the clean reference r* = E*(x_clean)", "",
+              "feature: mean_s |f_s - r*_s|_1 / |r*_s|_1; distribution: channel-moment distance L_dist "
+              "(lower is better for both).", ""]
+    conds = list(r.get("alignment", {}))
+    if conds:
+        lines.append("| features | " + " | ".join(f"{c} feature / distribution" for c in conds) + " |")
+        lines.append("|---" * (len(conds) + 1) + "|")
+        for key in r["alignment"][conds[0]]:
+            cells = [f"{r['alignment'][c][key]['feat']:.3f} / {r['alignment'][c][key]['dist']:.3f}" for c in conds]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
     p = r["parameters"]

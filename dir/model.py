@@ -8,7 +8,8 @@ Networks (all take/return ``(B, C, H, W)`` float tensors; images are gamma-encod
 * :class:`DfRAutoencoder` ``(E*, D*)`` - the degradation-free reference, an autoencoder trained on clean images only
   (stage ``dfr``); ``r* = E*(x_clean)``.
 * :class:`Pilot` ``P`` - a light encoder estimating ``r-> = P(x_degraded) ~ r*``.
-* :class:`AlignBlock` ``A_s`` (one per scale) - ``r+_s = A_s(r0_s, r->_s)``, FiLM-conditioned residual refinement.
+* :class:`AlignBlock` ``A_s`` (one per scale) - ``r+_s = A_s(r0_s, r->_s) = r->_s + correction(r0_s, r->_s)``, a
+  FiLM-conditioned residual refinement.
 * :class:`RestorationDecoder` ``R`` / ``D*`` - U-Net-style decoder from the 4-scale representation to sRGB.
 * :class:`DiRNet` - E, P, A, R bundled for inference: :meth:`DiRNet.forward_features` returns ``r+``,
   :meth:`DiRNet.restore` the restored image.
@@ -60,21 +61,29 @@ def check_image_batch(x: object, name: str = "x", check_range: bool = True) -> t
     return x
 
 
-def _gn(channels: int, groups: int) -> dict:
-    """GroupNorm config with the largest group count <= ``groups`` that divides ``channels``."""
-    g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
-    return dict(type="GN", num_groups=g)
+def _norm(channels: int, norm: str = "none", groups: int = 8) -> dict | None:
+    """mmcv norm config: ``"none"`` -> None (default: per-sample normalisation such as GroupNorm removes the
+    absolute intensity that restoration needs, and slowed the autoencoder's training about 2x in our runs),
+    ``"gn"`` -> GroupNorm with the largest group count <= ``groups`` dividing ``channels``, ``"bn"`` -> BatchNorm."""
+    if norm == "none":
+        return None
+    if norm == "gn":
+        g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+        return dict(type="GN", num_groups=g)
+    if norm == "bn":
+        return dict(type="BN")
+    raise ValueError(f"unknown norm {norm!r} (use 'none', 'gn' or 'bn')")
 
 
 class BasicBlock(nn.Module):
     """Residual block: two 3x3 ConvModules (conv-GN-ReLU) with a projected shortcut when the shape changes."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, groups: int = 8):
+    def __init__(self, cin: int, cout: int, stride: int = 1, groups: int = 8, norm: str = "none"):
         super().__init__()
-        self.conv1 = ConvModule(cin, cout, 3, stride, 1, norm_cfg=_gn(cout, groups))
-        self.conv2 = ConvModule(cout, cout, 3, 1, 1, norm_cfg=_gn(cout, groups), act_cfg=None)
+        self.conv1 = ConvModule(cin, cout, 3, stride, 1, norm_cfg=_norm(cout, norm, groups))
+        self.conv2 = ConvModule(cout, cout, 3, 1, 1, norm_cfg=_norm(cout, norm, groups), act_cfg=None)
         self.short = (nn.Identity() if stride == 1 and cin == cout else
-                      ConvModule(cin, cout, 1, stride, 0, norm_cfg=_gn(cout, groups), act_cfg=None))
+                      ConvModule(cin, cout, 1, stride, 0, norm_cfg=_norm(cout, norm, groups), act_cfg=None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv2(self.conv1(x)) + self.short(x))
@@ -84,17 +93,17 @@ class DiREncoder(nn.Module):
     """ResNet-style encoder. Input sRGB ``(B,3,H,W)`` in [0,1]; output OrderedDict ``s4..s32`` with
     ``channels[i]`` channels at stride ``4 * 2**i`` (spatial size ``ceil(H / stride)``). Non-negative (post-ReLU)."""
 
-    def __init__(self, channels=(32, 64, 128, 256), blocks=(1, 1, 1, 1), groups: int = 8):
+    def __init__(self, channels=(32, 64, 128, 256), blocks=(1, 1, 1, 1), groups: int = 8, norm: str = "none"):
         super().__init__()
         c0 = channels[0]
         self.stem = nn.Sequential(
-            ConvModule(3, max(c0 // 2, 8), 3, 2, 1, norm_cfg=_gn(max(c0 // 2, 8), groups)),
-            ConvModule(max(c0 // 2, 8), c0, 3, 2, 1, norm_cfg=_gn(c0, groups)))
+            ConvModule(3, max(c0 // 2, 8), 3, 2, 1, norm_cfg=_norm(max(c0 // 2, 8), norm, groups)),
+            ConvModule(max(c0 // 2, 8), c0, 3, 2, 1, norm_cfg=_norm(c0, norm, groups)))
         stages = []
         cin = c0
         for i, (c, n) in enumerate(zip(channels, blocks)):
-            layers = [BasicBlock(cin, c, 1 if i == 0 else 2, groups)]
-            layers += [BasicBlock(c, c, 1, groups) for _ in range(n - 1)]
+            layers = [BasicBlock(cin, c, 1 if i == 0 else 2, groups, norm)]
+            layers += [BasicBlock(c, c, 1, groups, norm) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layers))
             cin = c
         self.stages = nn.ModuleList(stages)
@@ -115,15 +124,15 @@ class RestorationDecoder(nn.Module):
     Top-down: ``d32 = conv(f32)``; ``d_s = conv([up(d_{2s}), f_s])`` for s = 16, 8, 4; then two x2 upsampling
     conv stages to full resolution and a 3x3 conv to RGB (+0.5 offset, unclamped during training)."""
 
-    def __init__(self, in_channels=(32, 64, 128, 256), dec_channels=None, groups: int = 8):
+    def __init__(self, in_channels=(32, 64, 128, 256), dec_channels=None, groups: int = 8, norm: str = "none"):
         super().__init__()
         dec = tuple(dec_channels or in_channels)
-        self.top = ConvModule(in_channels[3], dec[3], 3, 1, 1, norm_cfg=_gn(dec[3], groups))
+        self.top = ConvModule(in_channels[3], dec[3], 3, 1, 1, norm_cfg=_norm(dec[3], norm, groups))
         self.fuse = nn.ModuleList([
-            ConvModule(dec[i + 1] + in_channels[i], dec[i], 3, 1, 1, norm_cfg=_gn(dec[i], groups))
+            ConvModule(dec[i + 1] + in_channels[i], dec[i], 3, 1, 1, norm_cfg=_norm(dec[i], norm, groups))
             for i in (2, 1, 0)])
         c_half, c_full = max(dec[0] // 2, 8), max(dec[0] // 4, 8)
-        self.up1 = ConvModule(dec[0], c_half, 3, 1, 1, norm_cfg=_gn(c_half, groups))
+        self.up1 = ConvModule(dec[0], c_half, 3, 1, 1, norm_cfg=_norm(c_half, norm, groups))
         self.up2 = ConvModule(c_half, c_full, 3, 1, 1, norm_cfg=None)
         self.head = nn.Conv2d(c_full, 3, 3, 1, 1)
         self.head._zero_init = True  # starts as a constant grey (0.5) image
@@ -144,33 +153,53 @@ class RestorationDecoder(nn.Module):
 
 
 class Pilot(nn.Module):
-    """Light encoder (widths ``channels * width``) with a 1x1 conv per scale to the DfR widths ``channels``:
-    ``r-> = P(x_degraded)``, an estimate of the clean reference ``r* = E*(x_clean)``."""
+    """Pilot encoder ``P``: an encoder of widths ``channels * width`` with a 1x1 conv per scale to the DfR widths,
+    giving a *standardised* estimate ``(r-> - mu*) / sigma*`` of the clean reference from the degraded input.
 
-    def __init__(self, channels=(32, 64, 128, 256), width: float = 0.5, groups: int = 8):
+    With ``width = 1`` it has the DfR encoder's architecture and stage ``align`` can start it from E* (see
+    :meth:`init_from_dfr`): then ``r-> = E*(x_degraded)`` at the start, and training teaches it to undo the
+    degradation. With ``width < 1`` it is a lighter network trained from scratch."""
+
+    def __init__(self, channels=(32, 64, 128, 256), width: float = 1.0, groups: int = 8, norm: str = "none",
+                 blocks=(1, 1, 1, 1)):
         super().__init__()
         small = tuple(max(8, int(round(c * width))) for c in channels)
-        self.body = DiREncoder(small, (1, 1, 1, 1), groups)
+        self.body = DiREncoder(small, blocks, groups, norm)
         self.to_ref = nn.ModuleDict({k: nn.Conv2d(cs, c, 1) for k, cs, c in zip(SCALES, small, channels)})
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
         f = self.body(x)
         return OrderedDict((k, self.to_ref[k](f[k])) for k in SCALES)
 
+    @torch.no_grad()
+    def init_from_dfr(self, dfr_encoder: "DiREncoder", mean: dict, std: dict) -> None:
+        """Copy the DfR encoder's weights into the body and set ``to_ref`` to the standardisation
+        ``(f - mean) / std`` (needs ``width = 1`` and the same blocks)."""
+        self.body.load_state_dict(dfr_encoder.state_dict())
+        for k in SCALES:
+            conv, s = self.to_ref[k], std[k].to(self.to_ref[k].weight)
+            if conv.weight.shape[0] != conv.weight.shape[1]:
+                raise ValueError("init_from_dfr needs a pilot with width 1")
+            conv.weight.copy_(torch.diag(1.0 / s)[:, :, None, None])
+            conv.bias.copy_(-mean[k].to(s) / s)
+
 
 class AlignBlock(nn.Module):
-    """Alignment at one scale: ``r+ = m + Res([m, r->])`` with ``m = W r0 * (1 + gamma(r->)) + beta(r->)``.
+    """Alignment at one scale, in standardised units: ``a = p + Res([m, p])`` with
+    ``m = W r0 * (1 + gamma(p)) + beta(p)``, where ``r0`` is the standardised MI representation and ``p`` the
+    standardised pilot estimate.
 
-    ``W`` (1x1) maps the MI space of r0 into the DfR space; gamma/beta (1x1 conv of the pilot) modulate it
-    (FiLM, zero-initialised); ``Res`` (3x3 conv-GN-ReLU to c/2, 1x1 conv, zero-initialised) adds a local
-    correction. Shapes: r0 ``(B, c_base, h, w)``, r-> ``(B, c_ref, h, w)`` -> ``(B, c_ref, h, w)``."""
+    ``W`` (1x1) maps the MI space into the DfR space; gamma/beta (1x1 convs of the pilot, zero-initialised) modulate
+    it (FiLM); ``Res`` (3x3 conv-ReLU to c/2, 1x1 conv; last layer zero-initialised) predicts the correction of the
+    pilot from both. Training therefore starts from the pilot's estimate and learns what r0 adds.
+    Shapes: r0 ``(B, c_base, h, w)``, p ``(B, c_ref, h, w)`` -> ``(B, c_ref, h, w)``."""
 
-    def __init__(self, c_base: int, c_ref: int, groups: int = 8):
+    def __init__(self, c_base: int, c_ref: int, groups: int = 8, norm: str = "none"):
         super().__init__()
         hidden = max(c_ref // 2, 8)
         self.base = nn.Conv2d(c_base, c_ref, 1)
         self.film = nn.Conv2d(c_ref, 2 * c_ref, 1)
-        self.refine = nn.Sequential(ConvModule(2 * c_ref, hidden, 3, 1, 1, norm_cfg=_gn(hidden, groups)),
+        self.refine = nn.Sequential(ConvModule(2 * c_ref, hidden, 3, 1, 1, norm_cfg=_norm(hidden, norm, groups)),
                                     nn.Conv2d(hidden, c_ref, 1))
         for m in (self.film, self.refine[-1]):
             m._zero_init = True
@@ -180,7 +209,7 @@ class AlignBlock(nn.Module):
     def forward(self, r0: torch.Tensor, rp: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.film(rp).chunk(2, dim=1)
         m = self.base(r0) * (1.0 + gamma) + beta
-        return m + self.refine(torch.cat([m, rp], 1))
+        return rp + self.refine(torch.cat([m, rp], 1))
 
 
 class DfRAutoencoder(nn.Module):
@@ -188,8 +217,8 @@ class DfRAutoencoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups)
-        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups)
+        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups, cfg.norm)
+        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups, cfg.norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
         feats = self.encoder(x)
@@ -202,8 +231,8 @@ class PlainEncDec(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups)
-        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups)
+        self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups, cfg.norm)
+        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups, cfg.norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
         feats = self.encoder(x)
@@ -219,26 +248,34 @@ class PlainEncDec(nn.Module):
 class DiRNet(nn.Module):
     """Inference model: encoder E (r0), pilot P (r->), alignment A (r+), restoration decoder R.
 
-    Attributes: ``out_channels`` / ``strides`` - dicts keyed ``s4 s8 s16 s32``. Buffers ``ref_mean_<s>`` /
-    ``ref_std_<s>`` (C,) hold the per-channel statistics of the DfR reference r* (set during stage ``align``),
-    used by :meth:`distribution_regularizer` when the alignment is refined with a task loss (no clean image needed).
+    Attributes: ``out_channels`` / ``strides`` - dicts keyed ``s4 s8 s16 s32``.
+    Buffers (set at the start of stage ``align`` from training patches, saved with the weights):
+    ``base_mean_<s>`` / ``base_std_<s>`` (C,) channel statistics of r0 = E(x_degraded), used to standardise r0;
+    ``ref_mean_<s>`` / ``ref_std_<s>`` (C,) channel statistics of the DfR reference r* = E*(x_clean). P and A work
+    in standardised units (``(r - ref_mean) / ref_std``) and their outputs are mapped back to the DfR's scale, so the
+    alignment starts well conditioned. The reference statistics are also used by :meth:`distribution_regularizer`
+    during task-aligned refinement (no clean image needed).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         ch = cfg.channels
-        self.encoder = DiREncoder(ch, cfg.blocks, cfg.gn_groups)
-        self.pilot = Pilot(ch, cfg.pilot_width, cfg.gn_groups)
-        self.align = nn.ModuleDict({k: AlignBlock(c, c, cfg.gn_groups) for k, c in zip(SCALES, ch)})
-        self.decoder = RestorationDecoder(ch, cfg.decoder_channels, cfg.gn_groups)
+        self.encoder = DiREncoder(ch, cfg.blocks, cfg.gn_groups, cfg.norm)
+        self.pilot = Pilot(ch, cfg.pilot_width, cfg.gn_groups, cfg.norm, cfg.blocks)
+        self.align = nn.ModuleDict({k: AlignBlock(c, c, cfg.gn_groups, cfg.norm) for k, c in zip(SCALES, ch)})
+        self.decoder = RestorationDecoder(ch, cfg.decoder_channels, cfg.gn_groups, cfg.norm)
         self.out_channels = OrderedDict(zip(SCALES, [int(c) for c in ch]))
         self.strides = dict(STRIDES)
         for k, c in zip(SCALES, ch):
-            self.register_buffer(f"ref_mean_{k}", torch.zeros(c))
-            self.register_buffer(f"ref_std_{k}", torch.ones(c))
+            for what in ("base", "ref"):
+                self.register_buffer(f"{what}_mean_{k}", torch.zeros(c))
+                self.register_buffer(f"{what}_std_{k}", torch.ones(c))
         self.register_buffer("ref_stats_valid", torch.zeros((), dtype=torch.bool))
         self.check_inputs = True
+
+    def _stats(self, what: str, k: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return (getattr(self, f"{what}_mean_{k}").view(1, -1, 1, 1), getattr(self, f"{what}_std_{k}").view(1, -1, 1, 1))
 
     # --- representations -------------------------------------------------------------------------------------
     def baseline_features(self, x: torch.Tensor) -> OrderedDict:
@@ -248,18 +285,31 @@ class DiRNet(nn.Module):
         return self.encoder(x)
 
     def pilot_features(self, x: torch.Tensor) -> OrderedDict:
-        """r-> = P(x): the pilot estimate of the DfR representation."""
+        """r-> = P(x): the pilot estimate of the DfR representation (in the DfR's units)."""
         if self.check_inputs:
             check_image_batch(x)
-        return self.pilot(x)
+        out = OrderedDict()
+        for k, f in self.pilot(x).items():
+            m, s = self._stats("ref", k)
+            out[k] = f * s + m
+        return out
 
     def representations(self, x: torch.Tensor) -> tuple[OrderedDict, OrderedDict, OrderedDict]:
-        """``(r0, r->, r+)`` for a degraded sRGB batch ``x``; each an OrderedDict ``s4..s32``."""
+        """``(r0, r->, r+)`` for a degraded sRGB batch ``x``; each an OrderedDict ``s4..s32``.
+
+        ``r+_s = mu*_s + sigma*_s * A_s((r0_s - mu0_s) / sigma0_s, rn_s)`` and ``r->_s = mu*_s + sigma*_s * rn_s`` with
+        ``rn = P(x)`` (standardised pilot output) and the stored channel statistics (mu0, sigma0) of r0 and
+        (mu*, sigma*) of r*."""
         if self.check_inputs:
             check_image_batch(x)
         r0 = self.encoder(x)
-        rp = self.pilot(x)
-        rplus = OrderedDict((k, self.align[k](r0[k], rp[k])) for k in SCALES)
+        rn = self.pilot(x)
+        rp, rplus = OrderedDict(), OrderedDict()
+        for k in SCALES:
+            bm, bs = self._stats("base", k)
+            rm, rs = self._stats("ref", k)
+            rplus[k] = self.align[k]((r0[k] - bm) / bs, rn[k]) * rs + rm
+            rp[k] = rn[k] * rs + rm
         return r0, rp, rplus
 
     def forward_features(self, x: torch.Tensor) -> OrderedDict:
@@ -304,8 +354,14 @@ class DiRNet(nn.Module):
         """Store per-channel statistics (dicts ``s4..s32`` of (C,) tensors) of the DfR reference r*."""
         for k in SCALES:
             getattr(self, f"ref_mean_{k}").copy_(mean[k].detach())
-            getattr(self, f"ref_std_{k}").copy_(std[k].detach())
+            getattr(self, f"ref_std_{k}").copy_(std[k].detach().clamp_min(1e-4))
         self.ref_stats_valid.fill_(True)
+
+    def set_base_stats(self, mean: dict, std: dict) -> None:
+        """Store per-channel statistics of r0 = E(x_degraded), used to standardise r0 before the alignment."""
+        for k in SCALES:
+            getattr(self, f"base_mean_{k}").copy_(mean[k].detach())
+            getattr(self, f"base_std_{k}").copy_(std[k].detach().clamp_min(1e-4))
 
     def reference_stats(self) -> tuple[dict, dict]:
         """``(mean, std)`` dicts of the stored DfR channel statistics."""

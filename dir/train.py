@@ -7,7 +7,7 @@ Stages (each resumable from ``<out_dir>/<stage>/last.pt``; logs in ``<out_dir>/<
 * ``align``   - pilot P + alignment A (E, E*, D* frozen): feature-, distribution-, pixel-, pilot- and MI terms
   -> ``dirnet_align.pt`` (a DiRNet whose decoder is D*, with the DfR channel statistics stored).
 * ``restore`` - restoration decoder R (initialised from D*) trained on degraded -> clean, optionally with P and A
-  (lr x 0.1, plus the distribution regulariser) -> ``dirnet.pt``.
+  (lr x ``finetune_lr_mult``, plus the distribution regulariser) -> ``dirnet.pt``.
 * ``plain``   - baseline: the same encoder + decoder trained directly degraded -> clean with L1, for as many steps as
   the four DiR stages together (same data, batch size and patch size) -> ``plain.pt``.
 
@@ -92,7 +92,7 @@ class MMIStage(nn.Module):
     def __init__(self, m: ModelConfig, lc: LossConfig):
         super().__init__()
         self.lc = lc
-        self.encoder = DiREncoder(m.channels, m.blocks, m.gn_groups)
+        self.encoder = DiREncoder(m.channels, m.blocks, m.gn_groups, m.norm)
         self.heads = MIHeads(m.channels, m.proj_dim)
         self.critic_g = build_critic(lc.critic, m.proj_dim, lc.temperature)
         self.critic_l = build_critic(lc.critic, m.proj_dim, lc.temperature)
@@ -320,7 +320,7 @@ def _param_groups(mod: nn.Module, stage: str, sc: StageConfig) -> list[dict]:
         fast = [p for n, p in mod.named_parameters() if p.requires_grad and n.startswith("net.decoder.")]
         groups = [{"params": fast, "lr": sc.lr}]
         if slow:
-            groups.append({"params": slow, "lr": sc.lr * 0.1})
+            groups.append({"params": slow, "lr": sc.lr * sc.finetune_lr_mult})
         return groups
     return [{"params": [p for p in mod.parameters() if p.requires_grad], "lr": sc.lr}]
 
@@ -339,26 +339,34 @@ def _lr_at(base: float, step: int, total: int) -> float:
 # Exports
 # ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def reference_statistics(dfr: DfRAutoencoder, images: list, cfg: DiRConfig, device: torch.device,
-                         batches: int = 8) -> tuple[dict, dict]:
-    """Per-channel mean/std of r* = E*(x_clean) over ``batches`` batches of clean training patches (pooled)."""
-    ds = PatchDataset(images, cfg.data.patch_size, batches * cfg.align.batch_size, 0, None, cfg.run.seed,
-                      "refstats")
-    sums = {s: 0.0 for s in SCALES}
-    sq = {s: 0.0 for s in SCALES}
-    n = 0
+def feature_statistics(fn: Callable, images: list, cfg: DiRConfig, device: torch.device, key: str,
+                       degrade: Callable | None = None, batches: int = 8) -> tuple[dict, dict]:
+    """Per-channel mean/std of ``fn(x)`` (a dict ``s4..s32``) over ``batches`` batches of training patches - clean
+    patches, or one degraded view of each when ``degrade`` is given. Deterministic (seeded by ``key``)."""
+    bs = cfg.align.batch_size
+    ds = PatchDataset(images, cfg.data.patch_size, batches * bs, 1 if degrade else 0, degrade, cfg.run.seed, key)
+    sums, sq = {}, {}
     for i in range(batches):
-        x = torch.stack([ds.item(0, i * cfg.align.batch_size + j)["clean"]
-                         for j in range(cfg.align.batch_size)]).to(device)
-        r = dfr.encoder(x)
-        for s in SCALES:
-            f = r[s].transpose(0, 1).flatten(1).double()
-            sums[s] = sums[s] + f.mean(1)
-            sq[s] = sq[s] + (f ** 2).mean(1)
-        n += 1
-    mean = {s: (sums[s] / n).float().cpu() for s in SCALES}
-    std = {s: (sq[s] / n - (sums[s] / n) ** 2).clamp_min(1e-8).sqrt().float().cpu() for s in SCALES}
+        items = [ds.item(0, i * bs + j) for j in range(bs)]
+        x = torch.stack([it["views"][0] if degrade else it["clean"] for it in items]).to(device)
+        for s, f in fn(x).items():
+            f = f.transpose(0, 1).flatten(1).double()
+            sums[s] = sums.get(s, 0.0) + f.mean(1) / batches
+            sq[s] = sq.get(s, 0.0) + (f ** 2).mean(1) / batches
+    mean = {s: sums[s].float() for s in SCALES}
+    std = {s: (sq[s] - sums[s] ** 2).clamp_min(1e-8).sqrt().float() for s in SCALES}
     return mean, std
+
+
+def prepare_align(mod: "AlignStage", images: list, cfg: DiRConfig, device: torch.device, degrade: Callable) -> None:
+    """Before stage ``align`` starts: store the channel statistics of r* (clean patches through E*) and of r0
+    (degraded views through E) in the DiRNet, so P and A work in standardised units; with
+    ``model.pilot_init: dfr`` start the pilot from E* (so r-> = E*(x_degraded) at step 0)."""
+    mean, std = feature_statistics(mod.dfr.encoder, images, cfg, device, "stats/ref")
+    mod.net.set_reference_stats(mean, std)
+    mod.net.set_base_stats(*feature_statistics(mod.net.encoder, images, cfg, device, "stats/base", degrade))
+    if cfg.model.pilot_init == "dfr":
+        mod.net.pilot.init_from_dfr(mod.dfr.encoder, mean, std)
 
 
 def export_stage(cfg: DiRConfig, stage: str, mod: nn.Module, images: list, device: torch.device,
@@ -374,10 +382,6 @@ def export_stage(cfg: DiRConfig, stage: str, mod: nn.Module, images: list, devic
         return save_model(mod.ae, out, FORMATS["dfr"], mcfg, meta)
     if stage == "plain":
         return save_model(mod.model, out, FORMATS["plain"], mcfg, meta)
-    if stage == "align":
-        mean, std = reference_statistics(mod.dfr, images, cfg, device)
-        mod.net.set_reference_stats({k: v.to(device) for k, v in mean.items()},
-                                    {k: v.to(device) for k, v in std.items()})
     return save_model(mod.net, out, DIRNET_FORMAT, mcfg, meta)
 
 
@@ -422,10 +426,19 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
             print(f"[dir] stage {stage}: already complete ({start}/{total} steps) -> {out}")
         return out
 
+    needs_views = stage != "dfr"
+    if needs_views and degrade is None:
+        degrade = make_degrader(cfg.data.split)
+    if stage == "align" and start == 0:
+        prepare_align(mod, images, cfg, device, degrade)
+
     train_mod: nn.Module = mod
     if world > 1:
+        lc = cfg.loss
+        unused = (stage in ("mmi", "align") and (lc.mi_global == 0 or lc.mi_local == 0)) or \
+            (stage == "align" and lc.mi_align == 0)
         train_mod = nn.parallel.DistributedDataParallel(
-            mod, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            mod, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     train_mod.train()
     if hasattr(mod, "freeze_pretrained"):
         mod.freeze_pretrained()  # keeps frozen parts in eval mode
@@ -435,9 +448,6 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
         atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), Path(cfg.run.out_dir) / "config.yaml")
         atomic_write_text("".join(line + "\n" for line in _read_log(log_path, start)), log_path)
 
-    needs_views = stage != "dfr"
-    if needs_views and degrade is None:
-        degrade = make_degrader(cfg.data.split)
     ds = PatchDataset(images, cfg.data.patch_size, cfg.data.epoch_size, cfg.data.views if needs_views else 0,
                       degrade if needs_views else None, cfg.run.seed, f"train/{stage}")
     end = total if stop_after is None else min(total, stop_after)
@@ -502,4 +512,4 @@ def train_all(cfg: DiRConfig, degrade: Callable | None = None, progress: bool = 
         train_stage(cfg, stage, degrade, progress)
 
 
-__all__ = ["train_stage", "train_all", "build_stage", "mi_terms", "output_path", "stage_dir", "reference_statistics"]
+__all__ = ["train_stage", "train_all", "build_stage", "mi_terms", "output_path", "stage_dir", "feature_statistics"]

@@ -89,9 +89,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             composite=args.composite or "", seed=args.seed)
     ds = CocoDetection(args.images, args.ann, degradation=deg, degraded_dir=args.degraded_dir,
                        missing=args.missing, with_masks=False)
-    if ds.class_names != model.class_names and sorted(ds.label_to_cat_id.values()) != sorted(
-            model.label_to_cat_id.values()):
-        raise ValueError(f"{args.ann} categories differ from the checkpoint's {model.class_names[:5]}...")
+    if sorted(ds.label_to_cat_id.values()) != sorted(model.label_to_cat_id.values()):
+        raise ValueError(f"{args.ann} has category ids {sorted(ds.label_to_cat_id.values())[:8]}, the checkpoint "
+                         f"{args.checkpoint} predicts {sorted(model.label_to_cat_id.values())[:8]}")
     metrics = evaluate_coco(model, ds, batch_size=args.batch_size, max_images=args.max_images or None)
     metrics["missing_images"] = ds.missing
     if args.out:

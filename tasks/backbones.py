@@ -148,6 +148,11 @@ class DiRFPNBackbone(nn.Module):
         self.dist_reg_weight = float(dist_reg_weight)
         self.aux_losses: dict[str, torch.Tensor] = {}
 
+    def train(self, mode: bool = True) -> "DiRFPNBackbone":
+        super().train(mode)
+        freeze_frozen_batchnorm(self.body)
+        return self
+
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = self.body.forward_features(x.clamp(0.0, 1.0))
         self.aux_losses = {}
@@ -158,11 +163,19 @@ class DiRFPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), feats[k]) for i, k in enumerate(DIR_KEYS)))
 
 
+def freeze_frozen_batchnorm(module: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are all frozen in eval mode, so training the detector does not
+    change the running statistics of a frozen DiR part (GroupNorm / no-norm DiRs are unaffected)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
 def load_dir_body(cfg: DetectorConfig, weights: bool = True) -> nn.Module:
     """The DiRNet for ``cfg``: from ``cfg.dir_checkpoint`` (when ``weights``) or built from ``cfg.dir_model``.
 
-    Also records the DiR architecture in ``cfg.dir_model`` so a detector checkpoint can rebuild it without the
-    DiR checkpoint file."""
+    Also records the full DiR architecture in ``cfg.dir_model`` so a detector checkpoint can rebuild it without the
+    DiR checkpoint file and independently of ``dir``'s defaults."""
     if cfg.dir_checkpoint and weights:
         path = Path(cfg.dir_checkpoint)
         if not path.is_file():
@@ -176,7 +189,12 @@ def load_dir_body(cfg: DetectorConfig, weights: bool = True) -> nn.Module:
         return net
     from dir.model import build_dirnet
 
-    return build_dirnet(dict(cfg.dir_model))
+    net = build_dirnet(dict(cfg.dir_model))
+    model_cfg = getattr(net, "cfg", None)
+    if model_cfg is not None and dataclasses.is_dataclass(model_cfg):
+        # record every architecture field, so checkpoints do not depend on dir's defaults of the day
+        cfg.dir_model = _plain(dataclasses.asdict(model_cfg))
+    return net
 
 
 def configure_dir_trainable(body: nn.Module, train_alignment: bool, train_encoder: bool,

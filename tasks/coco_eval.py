@@ -36,7 +36,7 @@ def to_image_tensor(img: Any) -> torch.Tensor:
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"numpy images must be (H, W, 3), got {img.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)
         return t.float().div_(255.0) if img.dtype == np.uint8 else t.float()
     if isinstance(img, torch.Tensor):
         if img.ndim != 3 or img.shape[0] != 3:
@@ -112,8 +112,10 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict], image_ids: Iterab
         if not detections:
             stats = [0.0] * len(STAT_NAMES)
         else:
+            # copies (loadRes adds keys); for masks drop the boxes so COCO uses mask areas for the size ranges
+            dets = [({k: v for k, v in d.items() if k != "bbox"} if iou == "segm" else dict(d)) for d in detections]
             with contextlib.redirect_stdout(io.StringIO()):
-                dt = coco_gt.loadRes(detections)
+                dt = coco_gt.loadRes(dets)
                 ev = COCOeval(coco_gt, dt, iou)
                 ev.params.imgIds = ids
                 ev.evaluate()
@@ -141,6 +143,8 @@ def evaluate_coco(model: torch.nn.Module, dataset, batch_size: int = 2, max_imag
     if iou_types is None:
         iou_types = ("bbox", "segm") if has_masks(m) else ("bbox",)
     n = len(dataset) if not max_images else min(int(max_images), len(dataset))
+    # a loaded checkpoint knows its own label -> category id map; a freshly built model uses the dataset's
+    label_map = getattr(m, "label_to_cat_id", None) or dataset.label_to_cat_id
     was_training = m.training
     m.eval()
     dev = _model_device(m)
@@ -151,7 +155,7 @@ def evaluate_coco(model: torch.nn.Module, dataset, batch_size: int = 2, max_imag
             imgs = [dataset[i][0].to(dev) for i in idx]
             outs = m(imgs)
             for out, i in zip(outs, idx):
-                dets += outputs_to_coco(out, dataset.ids[i], dataset.label_to_cat_id, score_threshold)
+                dets += outputs_to_coco(out, dataset.ids[i], label_map, score_threshold)
     finally:
         m.train(was_training)
     metrics: dict[str, Any] = evaluate_detections(dataset.coco, dets, dataset.ids[:n], iou_types)

@@ -12,7 +12,7 @@ or ``python -m tasks.detectron2_backbone --config-file configs/detectron2/mask_r
 [--procedural runs/data/procedural] [KEY VALUE ...]`` to train with detectron2's ``DefaultTrainer``.
 
 Config keys (``add_dir_config``): ``MODEL.DIR.CHECKPOINT`` (a ``dir`` checkpoint; empty = random DiR built from
-``MODEL.DIR.CHANNELS/BLOCKS/PILOT_WIDTH/GN_GROUPS``), ``MODEL.DIR.OUT_FEATURES`` (subset of s4 s8 s16 s32),
+``MODEL.DIR.CHANNELS/BLOCKS/PILOT_WIDTH/GN_GROUPS/NORM``, unset = dir's defaults), ``MODEL.DIR.OUT_FEATURES`` (subset of s4 s8 s16 s32),
 ``MODEL.DIR.TRAIN_ALIGNMENT`` / ``TRAIN_PILOT`` / ``TRAIN_ENCODER`` (task-aligned refinement; other DiR parts frozen).
 DiR takes sRGB in [0, 1]: the YAMLs set ``INPUT.FORMAT: RGB``, ``PIXEL_MEAN: [0, 0, 0]``, ``PIXEL_STD: [255]*3``.
 """
@@ -29,17 +29,19 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from .backbones import DIR_KEYS, configure_dir_trainable
+from .backbones import DIR_KEYS, configure_dir_trainable, freeze_frozen_batchnorm
 
 
 def add_dir_config(cfg: CN) -> CN:
     """Add the ``MODEL.DIR`` keys (defaults: a random DiRNet of ``dir``'s default size, alignment trainable)."""
     cfg.MODEL.DIR = CN()
     cfg.MODEL.DIR.CHECKPOINT = ""
-    cfg.MODEL.DIR.CHANNELS = [32, 64, 128, 256]
-    cfg.MODEL.DIR.BLOCKS = [1, 1, 1, 1]
-    cfg.MODEL.DIR.PILOT_WIDTH = 0.5
-    cfg.MODEL.DIR.GN_GROUPS = 8
+    # architecture of a DiR built without a checkpoint; empty / 0 = dir.config.ModelConfig's default
+    cfg.MODEL.DIR.CHANNELS = []
+    cfg.MODEL.DIR.BLOCKS = []
+    cfg.MODEL.DIR.PILOT_WIDTH = 0.0
+    cfg.MODEL.DIR.GN_GROUPS = 0
+    cfg.MODEL.DIR.NORM = ""
     cfg.MODEL.DIR.OUT_FEATURES = list(DIR_KEYS)
     cfg.MODEL.DIR.TRAIN_ALIGNMENT = True
     cfg.MODEL.DIR.TRAIN_PILOT = False
@@ -74,6 +76,11 @@ class DiRD2Backbone(Backbone):
         self._out_feature_channels = {k: int(dirnet.out_channels[k]) for k in self._out_features}
         self._out_feature_strides = {k: int(dirnet.strides[k]) for k in self._out_features}
 
+    def train(self, mode: bool = True) -> "DiRD2Backbone":
+        super().train(mode)
+        freeze_frozen_batchnorm(self.net)
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.net.forward_features(x.clamp(0.0, 1.0))
         return {k: feats[k] for k in self._out_features}
@@ -98,8 +105,9 @@ def _dirnet_from_cfg(cfg: CN) -> torch.nn.Module:
     else:
         from dir.model import build_dirnet
 
-        net = build_dirnet({"channels": list(d.CHANNELS), "blocks": list(d.BLOCKS),
-                            "pilot_width": float(d.PILOT_WIDTH), "gn_groups": int(d.GN_GROUPS)})
+        arch = {"channels": list(d.CHANNELS), "blocks": list(d.BLOCKS), "pilot_width": float(d.PILOT_WIDTH),
+                "gn_groups": int(d.GN_GROUPS), "norm": str(d.NORM)}
+        net = build_dirnet({k: v for k, v in arch.items() if v})  # unset keys: dir's defaults
     configure_dir_trainable(net, d.TRAIN_ALIGNMENT, d.TRAIN_ENCODER, d.TRAIN_PILOT)
     return net
 

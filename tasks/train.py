@@ -238,8 +238,10 @@ def _train(cfg: ExperimentConfig, resume: bool, device: torch.device, rank: int,
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         cur = cfg.model.to_dict()
-        if cur["backbone"] == "dir" and cur["dir_checkpoint"] and not cur["dir_model"]:
-            cur["dir_model"] = ck["model_config"].get("dir_model", {})  # filled from the DiR file in the first run
+        stored = ck["model_config"].get("dir_model", {}) or {}
+        if cur["backbone"] == "dir" and all(stored.get(k) == v for k, v in cur["dir_model"].items()):
+            # the first run recorded the full DiR architecture (from the DiR file or dir's defaults): keep it
+            cur["dir_model"] = stored
             cfg = replace(cfg, model=DetectorConfig.from_dict(cur))
         if ck["model_config"] != cfg.model.to_dict():
             diff = sorted(k for k in set(ck["model_config"]) | set(cfg.model.to_dict())
@@ -266,6 +268,13 @@ def _train(cfg: ExperimentConfig, resume: bool, device: torch.device, rank: int,
         log.info("model %s/%s, %d classes, parameters %s", cfg.model.kind, cfg.model.backbone,
                  cfg.model.num_classes, report)
         jlog.write({"step": 0, "type": "params", **report})
+
+    metrics_path = out_dir / "metrics.json"
+    if ck is not None and step >= cfg.run.max_steps and (out_dir / "model_final.pt").exists():
+        done = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        if not cfg.run.final_eval or done.get("step") == step:
+            log.info("%s is already complete (step %d)", out_dir, step)
+            return {k: v for k, v in done.items() if k != "step"} if rank == 0 else {}
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -358,6 +367,6 @@ def _train(cfg: ExperimentConfig, resume: bool, device: torch.device, rank: int,
         metrics = run_eval(0)
         tmp = out_dir / ".metrics.json.tmp"
         tmp.write_text(json.dumps({"step": step, **metrics}, indent=1))
-        os.replace(tmp, out_dir / "metrics.json")
+        os.replace(tmp, metrics_path)
     barrier()
     return metrics

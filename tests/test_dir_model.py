@@ -49,11 +49,11 @@ def test_task_refinement_hook_only_updates_alignment():
     params = net.enable_task_refinement()
     assert {id(p) for p in params} == {id(p) for p in net.align.parameters()}
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    feats = net.forward_features(x)
     with pytest.raises(RuntimeError, match="reference statistics"):
-        net.distribution_regularizer(feats)
-    net.set_reference_stats({k: torch.zeros(c) for k, c in net.out_channels.items()},
-                            {k: torch.ones(c) for k, c in net.out_channels.items()})
+        net.distribution_regularizer(net.forward_features(x))
+    net.set_reference_stats({k: torch.full((c,), 0.5) for k, c in net.out_channels.items()},
+                            {k: torch.full((c,), 2.0) for k, c in net.out_channels.items()})
+    feats = net.forward_features(x)
     loss = sum(f.square().mean() for f in feats.values()) + net.distribution_regularizer(feats)
     loss.backward()
     assert all(p.grad is not None for p in net.align.parameters())

@@ -1,0 +1,74 @@
+"""evaluate.demo: presets match the YAML files; the whole demo path on a very reduced configuration; the CLI."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evaluate.common import EvaluateError
+from evaluate.demo import DemoConfig, config_from_dict, load_config, quick_config, run_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_configs_equal_the_built_in_presets():
+    assert load_config(REPO / "configs/evaluate/demo.yaml").to_dict() == DemoConfig().to_dict()
+    assert load_config(REPO / "configs/evaluate/demo_quick.yaml").to_dict() == quick_config().to_dict()
+    assert load_config(None, quick=True).to_dict() == quick_config().to_dict()
+
+
+def test_bad_demo_configs_are_clear_errors(tmp_path):
+    with pytest.raises(EvaluateError, match="unknown key.*'detector'.*'stepz'"):
+        config_from_dict({"detector": {"stepz": 3}})
+    with pytest.raises(EvaluateError, match="unknown key"):
+        config_from_dict({"typo": 1})
+    p = tmp_path / "c.yaml"
+    p.write_text("- a list\n")
+    with pytest.raises(EvaluateError, match="mapping"):
+        load_config(p)
+    with pytest.raises(EvaluateError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(EvaluateError, match="unknown degradation"):
+        config_from_dict({"grid": {"degradations": ["wobble"]}}).grid.conditions()
+
+
+def test_reduced_demo_end_to_end_and_resume(tmp_path):
+    cfg = config_from_dict({
+        "seed": 0, "threads": 2,
+        "data": {"n_train": 8, "n_val": 2, "image_size": 64},
+        "dir": {"channels": [8, 16, 16, 16], "patch_size": 32, "batch_size": 2, "mmi_steps": 1, "dfr_steps": 1,
+                "align_steps": 1, "restore_steps": 1},
+        "detector": {"max_steps": 2, "batch_size": 2, "warmup_steps": 1, "fpn_channels": 16, "box_head_dim": 32,
+                     "mask_head_channels": 8, "resnet_width": 8, "anchor_sizes": [8, 16, 32, 64, 128],
+                     "detections_per_image": 10},
+        "grid": {"degradations": ["jpeg", "noise:eld"], "severities": "5", "sample_images": 1},
+        "real": {"raw_dir": str(tmp_path / "no_raws"), "max_side": 64, "libraw": ["AHD"], "simulator": ["menon"],
+                 "pynet": False, "gt_images": 1},
+    })
+    out = tmp_path / "demo"
+    s = run_demo(cfg, out, progress=False)
+    for f in ("report.md", "demo_summary.json", "demo_config.yaml", "grid/results.json", "grid/samples.png",
+              "grid/ap_vs_severity_bbox_AP.png", "real_camera/real_camera.json", "models/resnet/model_final.pt",
+              "models/dir/model_final.pt", "dir/dirnet.pt", "degraded/jpeg-5/manifest.jsonl"):
+        assert (out / f).is_file(), f
+    assert set(s["headline"]) == {"baseline-resnet", "dir"}
+    assert set(s["timing_s"]) >= {"1 data", "3 DiR pretraining", "4a train baseline (ResNet-FPN)",
+                                  "4b train DiR detector", "5 robustness grid", "6 real-camera outputs", "total"}
+    res = json.loads((out / "grid/results.json").read_text())
+    assert res["data"]["sources"]["jpeg-5"].startswith("copy:")        # isp_sim's degraded copy
+    assert res["data"]["sources"]["noise-eld-5"] == "on-the-fly"      # a variant the tool cannot name
+    assert res["restoration"]["per_condition"]["jpeg-5"]["psnr_restored"] is not None
+    for tag in ("baseline-resnet", "dir"):
+        h = s["headline"][tag]["bbox"]
+        assert h["P"] == res["models"][tag]["summary"]["P"]["bbox_AP"]   # the report shows the measured numbers
+    report = (out / "report.md").read_text()
+    assert "## Headline" in report and "## Measured time" in report and "load average" in report
+    assert "Real RAW files: skipped" in report
+    assert yaml.safe_load((out / "demo_config.yaml").read_text())["detector"]["max_steps"] == 2
+    # resume: nothing is retrained or re-predicted
+    s2 = run_demo(cfg, out, progress=False)
+    res2 = json.loads((out / "grid/results.json").read_text())
+    assert sorted(res2["models"]["dir"]["cached_conditions"]) == ["clean", "jpeg-5", "noise-eld-5", "roundtrip"]
+    assert s2["headline"] == s["headline"]
+    assert not s["resumed"] and len(s2["resumed"]) == 4  # 2 trainings + 2 models' cached grids
+    assert "resumed from earlier outputs" in (out / "report.md").read_text()
