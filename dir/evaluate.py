@@ -79,6 +79,13 @@ def _pair_cos(feats: torch.Tensor) -> float:
     return float(np.mean(sims))
 
 
+def _paired(a: list[float], b: list[float]) -> dict:
+    """Paired PSNR difference a - b over the same crops and seeds: mean, standard error, share of a > b."""
+    d = np.asarray(a) - np.asarray(b)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0,
+            "win_rate": float((d > 0).mean()), "n": int(len(d))}
+
+
 def _summary(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
@@ -103,7 +110,7 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: st
 
     conditions = [(f"composite:{s}", make_degrader(s)) for s in ev.splits]
     conditions += [(f"{n}@{ev.severity}", make_single_degrader(n, ev.severity)) for n in ev.single]
-    restoration, representation, align_err = {}, {}, {}
+    restoration, representation, align_err, paired = {}, {}, {}, {}
     for cond, degrade in conditions:
         scores = {m: {"psnr": [], "ssim": []} for m in METHODS}
         feats = {k: [] for k in ("dir_rplus", "dir_r0", "dir_pilot", "plain_encoder")}
@@ -133,6 +140,9 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: st
                     align_err[cond][key]["dist"].append(
                         float(np.mean([float(moment_loss(f[s], rstar[s])) for s in SCALES])))
         restoration[cond] = {m: {k: _summary(v) for k, v in d.items()} for m, d in scores.items()}
+        paired[cond] = {f"{a}-{b}": _paired(scores[a]["psnr"], scores[b]["psnr"])
+                        for a, b in (("dir", "plain"), ("dir", "input"), ("plain", "input"),
+                                     ("pilot_only", "plain"))}
         if progress:
             print(f"[dir eval] {cond}: " + ", ".join(
                 f"{m} {restoration[cond][m]['psnr']['mean']:.2f} dB" for m in METHODS))
@@ -140,7 +150,8 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: st
             representation[cond] = _representation_scores(feats, ev.views)
     alignment = {c: {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in per.items()}
                  for c, per in align_err.items()}
-    report = {"restoration": restoration, "representation": representation, "alignment": alignment,
+    report = {"restoration": restoration, "paired_psnr": paired, "representation": representation,
+              "alignment": alignment,
               "settings": {"crops": [n for n, _ in crops], "crop": ev.crop, "views": ev.views,
                            "severity_single": ev.severity, "seed": ev.seed},
               "train_meta": {"dir": getattr(dirnet, "train_meta", {}), "plain": _meta(output_path(cfg, "plain"))},
@@ -203,6 +214,16 @@ def markdown_report(r: dict) -> str:
         cells = [f"{r['restoration'][c][m]['psnr']['mean']:.2f} / {r['restoration'][c][m]['ssim']['mean']:.3f}"
                  for c in conds]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    if r.get("paired_psnr"):
+        pairs = list(next(iter(r["paired_psnr"].values())))
+        lines += ["", "Paired PSNR differences (dB, mean ± standard error over the same crops and seeds; "
+                  "share of samples where the first is better):", ""]
+        lines.append("| difference | " + " | ".join(conds) + " |")
+        lines.append("|---" * (len(conds) + 1) + "|")
+        for pname in pairs:
+            cells = [f"{r['paired_psnr'][c][pname]['mean']:+.2f} ± {r['paired_psnr'][c][pname]['se']:.2f} "
+                     f"({100 * r['paired_psnr'][c][pname]['win_rate']:.0f}%)" for c in conds]
+            lines.append(f"| {pname} | " + " | ".join(cells) + " |")
     lines += ["", "## Representation: mean cosine similarity across degradations", "",
               "same = two degraded views of the same crop; diff = views of different crops (reference).", ""]
     for cond, rep in r["representation"].items():

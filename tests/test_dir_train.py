@@ -161,3 +161,15 @@ def test_evaluate_report_and_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dir", "train", "--stage", "mmi", "--config",
                         str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert r.returncode != 0 and "config file not found" in r.stderr
+
+
+def test_isp_sim_views_are_deterministic():
+    from dir.data import make_degrader
+
+    imgs = [x for _, x in load_images(names=["astronaut"], max_side=96)]
+    for split in ("seen", "unseen"):
+        ds = PatchDataset(imgs, 32, 4, 2, make_degrader(split), 3, "det")
+        a, b = ds.item(0, 1), ds.item(0, 1)
+        assert torch.equal(a["views"], b["views"]) and a["views"].shape == (2, 3, 32, 32)
+        assert not torch.equal(a["views"][0], a["views"][1])  # two different ISP chains
+        assert float(a["views"].min()) >= 0 and float(a["views"].max()) <= 1
