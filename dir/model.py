@@ -7,7 +7,8 @@ Networks (all take/return ``(B, C, H, W)`` float tensors; images are gamma-encod
   representation.
 * :class:`DfRAutoencoder` ``(E*, D*)`` - the degradation-free reference, an autoencoder trained on clean images only
   (stage ``dfr``); ``r* = E*(x_clean)``.
-* :class:`Pilot` ``P`` - a light encoder estimating ``r-> = P(x_degraded) ~ r*``.
+* :class:`Pilot` ``P`` - an encoder estimating ``r-> = P(x_degraded) ~ r*`` (by default started from E*; optionally
+  a lighter one trained from scratch).
 * :class:`AlignBlock` ``A_s`` (one per scale) - ``r+_s = A_s(r0_s, r->_s) = r->_s + correction(r0_s, r->_s)``, a
   FiLM-conditioned residual refinement.
 * :class:`RestorationDecoder` ``R`` / ``D*`` - U-Net-style decoder from the 4-scale representation to sRGB.
