@@ -267,8 +267,7 @@ def _read_cache(path: Path, key: dict, entry: str = "detections") -> Any:
 # --------------------------------------------------------------------------------------------------- the grid
 def run_grid(models: Sequence[ModelSpec | str], ann_file: str | Path, out_dir: str | Path,
              cfg: GridConfig | None = None, images_dir: str | Path | None = None,
-             restorer: str | Path | None = None, progress: bool = True, report: bool = True,
-             extra: dict | None = None) -> dict[str, Any]:
+             restorer: str | Path | None = None, progress: bool = True, report: bool = True) -> dict[str, Any]:
     """Evaluate ``models`` on the clean set and every condition of ``cfg``; write ``out_dir/results.json``,
     the report and the plots. Returns the results dict (see :mod:`evaluate.report` for its layout)."""
     cfg = cfg or GridConfig()
@@ -361,8 +360,6 @@ def run_grid(models: Sequence[ModelSpec | str], ann_file: str | Path, out_dir: s
                                           "restoration R(r+(x)); PSNR of identical images capped at 100 dB"}
     results["timing"] = {**{k: round(v, 2) for k, v in timer.sections.items()}, "grid_total_s":
                          round(timer.total, 2), "load_average": load_average()}
-    if extra:
-        results.update(extra)
     atomic_write_json(out_dir / "results.json", results)
     log.info("wrote %s", out_dir / "results.json")
     if report:

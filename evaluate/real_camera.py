@@ -20,7 +20,14 @@ Two evaluations:
    ground truth. The reference against itself scores 1.0
    (whenever it has pseudo ground truth); a RAW whose reference has no prediction above the threshold cannot be
    scored and is counted in ``n_raw_without_pseudo_gt``.
-2. **Annotated images** (a COCO-format dataset): each clean image is unprocessed into a synthetic RAW
+2. **Real RAW files with objects composited in the RAW domain** (when the detector knows the procedural classes of
+   :mod:`tasks.data.procedural`): procedural objects (their sRGB texture mapped into the frame's own camera space
+   through the inverse of the simulator's ISP: inverse tone curve, gamma 2.2, inverse colour matrix, inverse
+   white-balance gains, then the frame's Bayer pattern) are written into each real RAW crop, which then goes through
+   every rendering. Background, sensor, black/white levels and the rendering pipelines are real; the objects are
+   synthetic and noise-free (quantised to the sensor's counts). Their masks give true AP per rendering, and the
+   consistency score is computed on the same frames.
+3. **Annotated images** (a COCO-format dataset): each clean image is unprocessed into a synthetic RAW
    (``isp_sim.unprocess``, a random camera per image from ``image_seed(seed, "real-camera/<file>")``, 12-bit
    counts, black level 256) and rendered by every pipeline above; the ground truth gives the true AP per rendering,
    and the consistency score is computed there too, so the label-free score can be checked against true AP.
@@ -65,8 +72,9 @@ class RealCameraConfig:
     libraw / simulator: LibRaw settings and simulator demosaics to render with. pynet: include the learned ISP;
     pynet_checkpoint: its weights ("" = untrained PyNET, width ``pynet_width``, seed 0). reference: the rendering
     whose predictions are the pseudo ground truth. pseudo_gt_score: score threshold of the pseudo ground truth.
-    gt_images: annotated images to render (0 = all of the dataset given). seed: synthetic-RAW camera seed.
-    sample_raws: RAW files shown in the sample sheet."""
+    gt_images: annotated images to render (0 = all of the dataset given). seed: synthetic-RAW camera seed (and
+    composited objects). sample_raws: RAW files shown in the sample sheet. composite_objects: also evaluate the real
+    RAW crops with procedural objects composited in the RAW domain (procedural-class detectors only)."""
 
     raw_dir: str = ""
     max_side: int = 512
@@ -81,6 +89,7 @@ class RealCameraConfig:
     seed: int = 0
     batch_size: int = 2
     sample_raws: int = 3
+    composite_objects: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.pseudo_gt_score) <= 1.0:
@@ -225,6 +234,50 @@ def synthetic_raw(image: np.ndarray, seed: int, pattern: str = "RGGB", bits: int
                     xyz_to_cam=np.asarray(params.xyz_to_cam), path=f"synthetic(seed={seed})")
 
 
+def composite_objects(raw, seed: int, min_objects: int = 2, max_objects: int = 5):
+    """Write procedural objects into a real ``RawImage`` in its own camera space (see the module docstring).
+
+    Returns ``(raw_with_objects, annotations)``; annotations are COCO dicts (``category_id`` = 1 + index in
+    ``tasks.data.procedural.CLASSES``, RLE ``segmentation``, ``bbox``, ``area``) without ids."""
+    from pycocotools import mask as mask_utils
+
+    from isp_sim.bayer import mosaic_np
+    from isp_sim.color import gamma_decode, inverse_smoothstep
+    from tasks.data.procedural import CLASSES, ProceduralSpec, render_image
+
+    h, w = raw.shape
+    side = min(h, w)
+    spec = ProceduralSpec(n_train=1, n_val=1, image_size=side, min_objects=min_objects, max_objects=max_objects,
+                          object_size=(max(8, side // 9), max(9, int(side * 0.45))))
+    img, objs = render_image(spec, np.random.default_rng([int(seed), 0x0B7EC7]))
+    top, left = (h - side) // 2, (w - side) // 2
+    srgb = torch.from_numpy(img.astype(np.float32) / 255.0)
+    lin = gamma_decode(inverse_smoothstep(srgb), 2.2).numpy().astype(np.float64)       # linear sRGB (S, S, 3)
+    cam = lin @ np.linalg.inv(raw.cam_to_srgb()).T                                    # camera RGB after WB
+    cam = np.clip(cam / np.asarray(raw.gains_or_gray_world())[None, None, :], 0.0, 1.0)  # before WB
+    full = np.zeros((h, w, 3))
+    full[top:top + side, left:left + side] = cam
+    union = np.zeros((h, w), bool)
+    anns = []
+    for o in objs:
+        m = np.zeros((h, w), np.uint8)
+        m[top:top + side, left:left + side] = o["mask"]
+        union |= m.astype(bool)
+        rle = mask_utils.encode(np.asfortranarray(m))
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
+        rle["counts"] = rle["counts"].decode("ascii")
+        anns.append({"category_id": CLASSES.index(o["category"]) + 1, "segmentation": rle, "bbox": bbox,
+                     "area": float(m.sum()), "iscrowd": 0})
+    site = mosaic_np(full, raw.pattern)                                               # linear RAW in [0, 1]
+    black = raw.black_map().astype(np.float64)
+    counts = np.round(black + site * (raw.white_level - black))
+    out = raw.counts.astype(np.float64).copy()
+    out[union] = counts[union]
+    out = np.clip(out, 0, np.iinfo(raw.counts.dtype).max if raw.counts.dtype.kind in "ui" else None)
+    new = dataclasses.replace(raw, counts=out.astype(raw.counts.dtype), path=f"{raw.path}+objects(seed={seed})")
+    return new, anns
+
+
 # --------------------------------------------------------------------------------------------------- scoring
 def pseudo_ground_truth(ref_dets: Sequence[dict], images: Sequence[dict], categories: Sequence[dict],
                         score: float) -> Any:
@@ -294,12 +347,23 @@ def evaluate_real_raws(loaded: Sequence, cfg: RealCameraConfig, progress: bool =
 
     names = cfg.rendering_names()
     pyn = build_pynet(cfg) if cfg.pynet else None
+    from tasks.data.procedural import CLASSES
+
+    procedural = [lm for lm in loaded if list(lm.model.class_names) == list(CLASSES)
+                  and sorted(lm.model.label_to_cat_id.values()) == list(range(1, len(CLASSES) + 1))]
+    do_comp = cfg.composite_objects and bool(procedural)
     images, renders, errors, info = [], [], [], []
+    comp_renders, comp_anns = [], []
     t0 = time.perf_counter()
     for i, f in enumerate(tqdm(files, desc="render RAWs", disable=not progress, leave=False)):
         try:
             raw = centre_crop(read_raw(f, on_overflow="clip"), cfg.max_side)
             r = render_all(raw, names, pyn)
+            if do_comp:
+                from isp_sim.seeding import image_seed
+
+                craw, anns = composite_objects(raw, image_seed(cfg.seed, f"composite/{f.name}"))
+                cr = render_all(craw, names, pyn)
         except (ISPInputError, EvaluateError, OSError, ValueError) as e:
             log.warning("skipping %s: %s", f, e)
             errors.append({"file": str(f), "error": str(e)})
@@ -307,6 +371,9 @@ def evaluate_real_raws(loaded: Sequence, cfg: RealCameraConfig, progress: bool =
         h, w = raw.shape
         images.append({"id": len(images) + 1, "file_name": f.name, "width": int(w), "height": int(h)})
         renders.append(r)
+        if do_comp:
+            comp_renders.append(cr)
+            comp_anns += [dict(a, image_id=images[-1]["id"], id=len(comp_anns) + k + 1) for k, a in enumerate(anns)]
         info.append({"file": f.name, "pattern": raw.pattern, "crop": [int(h), int(w)],
                      "wb_known": raw.wb_gains is not None, "color_matrix_known": raw.xyz_to_cam is not None})
     render_s = time.perf_counter() - t0
@@ -326,9 +393,33 @@ def evaluate_real_raws(loaded: Sequence, cfg: RealCameraConfig, progress: bool =
         out["models"][lm.spec.tag] = consistency_scores(dets, images, _categories(lm.model), cfg.reference,
                                                         cfg.pseudo_gt_score, lm.iou_types)
         out["seconds"][f"predict_{lm.spec.tag}"] = round(time.perf_counter() - t, 2)
+    if do_comp:
+        from tasks.data.procedural import CLASSES as _C
+
+        cats = [{"id": k + 1, "name": n} for k, n in enumerate(_C)]
+        gt = make_coco({"images": images, "annotations": comp_anns, "categories": cats})
+        out["composited"] = {"status": "ok", "n_objects": len(comp_anns), "models": {}}
+        comp_dets = {}
+        for lm in procedural:
+            dets = {n: _predict(lm.model, [r[n] for r in comp_renders], ids, cfg.batch_size) for n in names}
+            comp_dets[lm.spec.tag] = dets
+            out["composited"]["models"][lm.spec.tag] = _true_and_consistency(
+                dets, gt, ids, images, cats, cfg, lm.iou_types, lm.spec.tag)
+    else:
+        out["composited"] = {"status": "skipped", "reason": "disabled" if not cfg.composite_objects else
+                             "no detector with the procedural classes"}
     if keep_images:
         out["_samples"] = {"images": images[:keep_images], "renders": renders[:keep_images], "dets": all_dets}
+        if do_comp:
+            out["_samples"]["composited"] = {"renders": comp_renders[:keep_images], "dets": comp_dets}
     return out
+
+
+def _true_and_consistency(dets: dict, gt, ids, images, cats, cfg: RealCameraConfig, iou_types, tag: str) -> dict:
+    true = {k: coco_metrics(gt, d, ids, iou_types, where=f"{tag}/{k}") for k, d in dets.items()}
+    cons = consistency_scores(dets, images, cats, cfg.reference, cfg.pseudo_gt_score, iou_types)
+    return {k: {"true": {m: v for m, v in true[k].items() if m.endswith(("_AP", "_AP50", "_AP75"))},
+                "consistency": cons[k]} for k in dets}
 
 
 def evaluate_gt_renderings(loaded: Sequence, data, cfg: RealCameraConfig, progress: bool = True) -> dict[str, Any]:
@@ -364,12 +455,9 @@ def evaluate_gt_renderings(loaded: Sequence, data, cfg: RealCameraConfig, progre
     for lm in loaded:
         t = time.perf_counter()
         dets = {k: _predict(lm.model, imgs, ids, cfg.batch_size) for k, imgs in per_render.items()}
-        true = {k: coco_metrics(data.coco, d, ids, lm.iou_types, where=f"{lm.spec.tag}/{k}") for k, d in dets.items()}
-        cons = consistency_scores(dets, images, [data.coco.cats[c] for c in sorted(data.coco.cats)], cfg.reference,
-                                  cfg.pseudo_gt_score, lm.iou_types)
-        out["models"][lm.spec.tag] = {k: {"true": {m: v for m, v in true[k].items()
-                                                   if m.endswith(("_AP", "_AP50", "_AP75"))},
-                                          "consistency": cons[k]} for k in per_render}
+        out["models"][lm.spec.tag] = _true_and_consistency(
+            dets, data.coco, ids, images, [data.coco.cats[c] for c in sorted(data.coco.cats)], cfg, lm.iou_types,
+            lm.spec.tag)
         out["seconds"][f"predict_{lm.spec.tag}"] = round(time.perf_counter() - t, 2)
     return out
 
@@ -428,24 +516,44 @@ def real_camera_markdown(res: dict, level: int = 2) -> str:
             out.append(md_table(header, table) + "\n")
     else:
         out.append(f"\nReal RAW files: skipped ({raws.get('reason', 'not run')}).\n")
+    comp = raws.get("composited", {})
+    if comp.get("status") == "ok":
+        out.append(f"\n{h}# Real RAW files with objects composited in the RAW domain (true AP)\n\n"
+                   f"{comp['n_objects']} procedural objects written into the same {len(raws['raw_files'])} real RAW "
+                   "crops in each frame's own camera space (inverse simulator ISP, then its Bayer pattern); the "
+                   "background, sensor data and rendering pipelines are real, the objects synthetic and noise-free. "
+                   "True AP uses the composited masks; consistency is the label-free score on the same frames.\n\n")
+        out.append(_true_table(comp["models"], raws.get("image_similarity", {}), "psnr_vs_reference",
+                               "PSNR vs ref, no objects (dB)"))
+    elif raws.get("status") == "ok":
+        out.append(f"\nComposited objects: skipped ({comp.get('reason', 'not run')}).\n")
     if gt.get("status") == "ok":
         out.append(f"\n{h}# Annotated images through real pipelines (synthetic RAW, true AP)\n\n"
                    f"{gt['n_images']} images of `{gt['annotations']}` unprocessed to 12-bit RAW (random camera per "
                    "image) and rendered by each pipeline; 'original' is the clean sRGB image itself. True AP uses the "
                    "dataset's ground truth; consistency is the label-free score above, on the same images, to show "
                    "how well it tracks true AP.\n\n")
-        for tag, rows in gt["models"].items():
-            out.append(f"**{tag}**\n\n")
-            segm = any("segm_AP" in r["true"] for r in rows.values())
-            header = ["rendering", "true box AP", "true box AP50"] + (["true mask AP"] if segm else []) + \
-                ["consistency box AP", "PSNR vs original (dB)"]
-            table = []
-            for n, r in rows.items():
-                sim = gt["image_similarity"].get(n, {}).get("psnr_vs_original")
-                table.append([n, fmt(r["true"].get("bbox_AP")), fmt(r["true"].get("bbox_AP50"))]
-                             + ([fmt(r["true"].get("segm_AP"))] if segm else [])
-                             + [fmt(r["consistency"].get("bbox_AP")), fmt(sim, 1) if sim is not None else "-"])
-            out.append(md_table(header, table) + "\n")
+        out.append(_true_table(gt["models"], gt.get("image_similarity", {}), "psnr_vs_original",
+                               "PSNR vs original (dB)"))
+    return "".join(out)
+
+
+def _true_table(models: dict, sims: dict, sim_key: str, sim_label: str) -> str:
+    from .report import fmt, md_table
+
+    out = []
+    for tag, rows in models.items():
+        out.append(f"**{tag}**\n\n")
+        segm = any("segm_AP" in r["true"] for r in rows.values())
+        header = ["rendering", "true box AP", "true box AP50"] + (["true mask AP"] if segm else []) + \
+            ["consistency box AP", sim_label]
+        table = []
+        for n, r in rows.items():
+            sim = sims.get(n, {}).get(sim_key)
+            table.append([n, fmt(r["true"].get("bbox_AP")), fmt(r["true"].get("bbox_AP50"))]
+                         + ([fmt(r["true"].get("segm_AP"))] if segm else [])
+                         + [fmt(r["consistency"].get("bbox_AP")), fmt(sim, 1) if sim is not None else "-"])
+        out.append(md_table(header, table) + "\n")
     return "".join(out)
 
 
@@ -458,13 +566,17 @@ def sample_sheet(samples: dict, names: Sequence[str], loaded: Sequence, path: Pa
     if not samples or not samples.get("images"):
         return None
     rows = []
-    for im, rend in zip(samples["images"], samples["renders"]):
+    comp = samples.get("composited")
+    for k, (im, rend) in enumerate(zip(samples["images"], samples["renders"])):
         for lm in loaded:
             cats = {c["id"]: c["name"] for c in _categories(lm.model)}
-            dets = samples["dets"][lm.spec.tag]
-            rows.append([(f"{im['file_name'][:16]} {n} {lm.spec.tag}",
-                          draw_detections(rend[n], [d for d in dets[n] if d["image_id"] == im["id"]], cats, score,
-                                          size=192)) for n in names])
+            variants = [("", rend, samples["dets"][lm.spec.tag])]
+            if comp and lm.spec.tag in comp["dets"]:
+                variants.append(("+obj ", comp["renders"][k], comp["dets"][lm.spec.tag]))
+            for tag, rr, dets in variants:
+                rows.append([(f"{im['file_name'][:14]} {tag}{n} {lm.spec.tag}",
+                              draw_detections(rr[n], [d for d in dets[n] if d["image_id"] == im["id"]], cats, score,
+                                              size=192)) for n in names])
     contact_sheet(rows, path, tile=192)
     return path.name
 

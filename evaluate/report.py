@@ -77,7 +77,7 @@ def grid_markdown(results: dict, title: str = "Robustness to camera-ISP degradat
                   plots: Sequence[str] = (), sample_png: str | None = None, level: int = 1) -> str:
     h = "#" * level
     conds = _conditions(results)
-    sev = sorted(set(c.severity for c in conds if not c.is_clean))
+    sev = sorted(set(c.severity for c in conds if c.kind in ("single", "composite")))
     specs = list(dict.fromkeys(c.spec for c in conds if not c.is_clean))
     d = results["data"]
     out = [f"{h} {title}\n",

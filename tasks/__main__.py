@@ -20,11 +20,9 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _write_json(path: str, obj) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, p)
+    from isp_sim.io import atomic_write_json  # temporary file + os.replace
+
+    atomic_write_json(path, obj)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

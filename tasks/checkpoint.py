@@ -11,34 +11,20 @@ A checkpoint is a dict of tensors and plain Python only::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from dir.checkpoint import atomic_save  # torch.save to a temporary file + os.replace (shared with dir)
 from torch import nn
 
 FORMAT = "tasks-detector-v1"
+__all__ = ["FORMAT", "CheckpointError", "atomic_save", "load_checkpoint", "detector_state", "save_detector",
+           "load_detector", "unwrap"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, not a detector checkpoint, or does not match its stored config."""
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` into a temporary file next to ``path``, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

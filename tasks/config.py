@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .backbones import DetectorConfig
+from .backbones import DetectorConfig, _plain
 from .data.coco import DegradationConfig
 
 
@@ -131,14 +131,6 @@ class ExperimentConfig:
         d = _plain(dataclasses.asdict(self))
         d["model"] = self.model.to_dict()
         return d
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:

@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+from isp_sim.io import atomic_write_json, atomic_write_text
 from tqdm import tqdm
 
 from .backbones import DetectorConfig, aux_losses, build_detector_from_config, parameter_report
-from .checkpoint import CheckpointError, atomic_save, detector_state, load_checkpoint, save_detector, unwrap
+from .checkpoint import CheckpointError, atomic_save, detector_state, load_checkpoint, save_detector
 from .coco_eval import evaluate_coco
 from .config import ExperimentConfig
 from .data.coco import CocoDetection, collate
@@ -165,9 +166,7 @@ class JsonlLog:
                     continue  # a line cut by a kill
                 if int(rec.get("step", 0)) <= resume_step:
                     keep.append(line)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
         elif resume_step is None and path.exists():
             path.unlink()
 
@@ -365,8 +364,6 @@ def _train(cfg: ExperimentConfig, resume: bool, device: torch.device, rank: int,
     metrics: dict[str, Any] = {}
     if rank == 0 and cfg.run.final_eval:
         metrics = run_eval(0)
-        tmp = out_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps({"step": step, **metrics}, indent=1))
-        os.replace(tmp, metrics_path)
+        atomic_write_json(metrics_path, {"step": step, **metrics})
     barrier()
     return metrics

@@ -64,15 +64,15 @@ class DegradationConfig:
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB; raises FileNotFoundError / DatasetError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    from isp_sim.errors import ISPInputError
+    from isp_sim.io import read_image
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
     try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+        return read_image(p)
+    except ISPInputError as e:
         raise DatasetError(f"cannot decode image {p}: {e}") from e
 
 

@@ -219,7 +219,7 @@ def _encode(mask: np.ndarray) -> tuple[dict, list[float], int]:
 
 
 def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int) -> Path:
-    from PIL import Image
+    from isp_sim.io import write_image
 
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -230,12 +230,7 @@ def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int) -> Path:
         rng = np.random.default_rng([spec.seed, _SPLIT_ID[split], i])
         img, objs = render_image(spec, rng)
         name = f"{i:06d}.{spec.image_format}"
-        tmp = img_dir / f".{name}.tmp"
-        if spec.image_format == "png":
-            Image.fromarray(img).save(tmp, format="PNG")
-        else:
-            Image.fromarray(img).save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, img_dir / name)
+        write_image(img_dir / name, img, quality=95)  # atomic; PNG is lossless
         image_id = i + 1
         images.append({"id": image_id, "file_name": name, "width": spec.image_size, "height": spec.image_size})
         for o in objs:
@@ -251,10 +246,9 @@ def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int) -> Path:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    from isp_sim.io import atomic_write_json  # temporary file + os.replace
+
+    atomic_write_json(path, obj)
 
 
 def _spec_dict(spec: ProceduralSpec) -> dict:
