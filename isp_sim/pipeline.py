@@ -76,11 +76,13 @@ class Pipeline:
     from the output to the input. ``isp``: an optional learned ISP ``f(raw (B,1,H,W), pattern) -> sRGB`` (e.g.
     :class:`pynet.isp_stage.PyNETStage`) used instead of the hand-crafted one; ISP-setting errors are then
     emulated around it (WB error as per-site RAW gains, gamma/tone error re-encoding its output).
+    ``chunk_pixels``: on CPU, images per internal chunk = max(1, chunk_pixels // (H * W)); 0 = whole batch.
     """
 
     def __init__(self, degradations: Sequence[Degradation] = (), pattern: str = "RGGB", demosaic: str = "menon",
-                 differentiable: bool = False, isp: Optional[LearnedISP] = None):
+                 differentiable: bool = False, isp: Optional[LearnedISP] = None, chunk_pixels: int = 2 ** 21):
         self.degradations = list(degradations)
+        self.chunk_pixels = chunk_pixels
         for d in self.degradations:
             if not isinstance(d, Degradation):
                 raise ISPInputError(f"pipeline entries must be Degradation instances, got {d!r}")
@@ -111,9 +113,20 @@ class Pipeline:
         return self.run(srgb, plans), [p.record for p in plans]
 
     def run(self, srgb: torch.Tensor, plans: Sequence[_Plan]) -> torch.Tensor:
-        raw, _ = unprocess(srgb, [p.record.camera for p in plans], self.pattern)
-        cameras = [(p.record.camera.wb_gains, p.record.camera.cam_to_rgb) for p in plans]
-        return self.run_raw(raw, cameras, plans)
+        """Apply planned degradations to ``srgb`` (B, 3, H, W). On CPU the batch is processed in chunks of about
+        ``chunk_pixels`` pixels: the chain is memory-bound, and tensors above glibc's mmap threshold (32 MB) are
+        page-faulted afresh by every operation. Results do not depend on the chunking (each image has its own
+        seeded plan)."""
+        n = srgb.shape[0]
+        step = n if srgb.device.type != "cpu" or not self.chunk_pixels else \
+            max(1, int(self.chunk_pixels) // (srgb.shape[-1] * srgb.shape[-2]))
+        outs = []
+        for i in range(0, n, step):
+            part, pp = srgb[i:i + step], plans[i:i + step]
+            raw, _ = unprocess(part, [p.record.camera for p in pp], self.pattern)
+            cameras = [(p.record.camera.wb_gains, p.record.camera.cam_to_rgb) for p in pp]
+            outs.append(self.run_raw(raw, cameras, pp))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def run_raw(self, raw: torch.Tensor, cameras: Sequence[tuple], plans: Sequence[_Plan]) -> torch.Tensor:
         """Degrade linear RAW ``(B, 1, H, W)`` in [0, 1] and render it; ``cameras``: per-image (wb_gains (3,),

@@ -45,6 +45,14 @@ def test_same_seed_same_bits_independent_of_batch(photos):
     assert not torch.equal(y1, y3)
 
 
+def test_cpu_chunking_does_not_change_results(photos):
+    h, w = photos.shape[-2:]
+    whole = CompositeISP("seen", max_ops=4, chunk_pixels=0)
+    chunked = CompositeISP("seen", max_ops=4, chunk_pixels=2 * h * w + 1)  # chunks of 2 images
+    seeds = [5, 6, 7, 8]
+    assert torch.equal(whole(photos, seeds)[0], chunked(photos, seeds)[0])
+
+
 def test_composite_splits_differ(photos):
     seen = CompositeISP("seen", max_ops=3)
     unseen = CompositeISP("unseen", max_ops=3)
