@@ -1,6 +1,7 @@
 """PyNET speed benchmark: parameters, FLOPs, forward time and peak memory for a 224x224x4 patch and a tiled frame.
 
     python benchmarks/pynet_bench.py                 # CUDA if present, else CPU; full 12 MP frame (slow on CPU)
+    python benchmarks/pynet_bench.py --device cpu --threads 16 --repeats 1 --progress   # measured 12 MP on CPU
     python benchmarks/pynet_bench.py --quick         # CPU-friendly: 1 patch run, small tiled frame + extrapolation
     python benchmarks/pynet_bench.py --json out.json --variant paper --mode exact
 
@@ -9,7 +10,9 @@ counted op is a convolution). Peak memory: CUDA ``max_memory_allocated``; CPU th
 (``VmHWM``, reset before each measurement via ``/proc/self/clear_refs``) minus the resident set before the call.
 The 12 MP frame is the Huawei P20 full frame of the Zurich RAW-to-RGB data: 2976x3968 RAW = 1488x1984x4 packed.
 With ``--quick`` the tiled run uses a smaller frame and the 12 MP time is extrapolated linearly in the number of
-tiles (marked as an estimate in the output).
+tiles (marked as an estimate in the output). Without ``--quick``/``--frame`` the whole 12 MP frame is run, tiled,
+on any device (measured, not extrapolated); before it starts, the run time predicted from the patch throughput is
+printed (``predicted_seconds``: tiles x tile area / patch area x patch time), and ``--progress`` shows the tiles.
 """
 from __future__ import annotations
 
@@ -126,6 +129,7 @@ def main(argv=None) -> dict:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--skip-frame", action="store_true", help="only the 224x224 patch")
+    p.add_argument("--progress", action="store_true", help="progress bar over the tiles of the frame run")
     p.add_argument("--json", help="write the results to this JSON file")
     a = p.parse_args(argv)
     if a.threads:
@@ -175,14 +179,21 @@ def main(argv=None) -> dict:
 
         def tiled():
             infer_tiled(model, xf, level=0, tile=a.tile, overlap=a.overlap, mode=a.mode, bf16=a.bf16,
-                        channels_last=a.channels_last, store=a.store)
+                        channels_last=a.channels_last, store=a.store, progress=a.progress)
 
-        r = measure(tiled, device if a.mode != "exact" else torch.device("cpu"), repeats=1, warmup=0)
         n_tiles = None if a.mode == "exact" else \
             len(tile_starts(frame[0], a.tile, a.overlap)) * len(tile_starts(frame[1], a.tile, a.overlap))
+        # compute scales with the area run through the network: tiles x tile area (exact mode: the frame once)
+        area = frame[0] * frame[1] if a.mode == "exact" else \
+            n_tiles * min(a.tile, frame[0]) * min(a.tile, frame[1])
+        predicted = res["patch_224"]["seconds"] * area / (224 * 224)
+        print(f"[{device}] tiled {2 * frame[0]}x{2 * frame[1]} RAW frame: predicted ~{predicted:.0f} s from the patch "
+              f"throughput ({area / (224 * 224):.1f} patch areas)", flush=True)
+        r = measure(tiled, device if a.mode != "exact" else torch.device("cpu"), repeats=1, warmup=0)
         out = {"packed_frame": list(frame), "raw_frame": [2 * frame[0], 2 * frame[1]],
                "megapixels": round(4 * frame[0] * frame[1] / 1e6, 2), "tile": a.tile, "overlap": a.overlap,
-               "mode": a.mode, "store": a.store if a.mode == "exact" else None, "tiles": n_tiles, **r}
+               "mode": a.mode, "store": a.store if a.mode == "exact" else None, "tiles": n_tiles,
+               "predicted_seconds": round(predicted, 1), "measured_full_frame": frame == FULL_FRAME_PACKED, **r}
         if frame != FULL_FRAME_PACKED and a.mode != "exact":
             full_tiles = len(tile_starts(FULL_FRAME_PACKED[0], a.tile, a.overlap)) * \
                 len(tile_starts(FULL_FRAME_PACKED[1], a.tile, a.overlap))

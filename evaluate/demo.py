@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import yaml
 
+from isp_sim.config import build_section, check_sections, read_yaml_mapping
+
 from .common import EvaluateError, Timer, atomic_write_json, atomic_write_text, load_average, setup_logging
 from .grid import GridConfig, ModelSpec, run_grid
 from .real_camera import RealCameraConfig, real_camera_markdown, run_real_camera
@@ -123,25 +125,9 @@ def config_from_dict(d: dict | None, where: str = "config") -> DemoConfig:
     """Validate a YAML-loaded dict (unknown keys are errors naming the section)."""
     d = dict(d or {})
     top = {f.name for f in dataclasses.fields(DemoConfig)}
-    unknown = sorted(set(d) - top)
-    if unknown:
-        raise EvaluateError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(top)}")
-    kw: dict[str, Any] = {}
-    for k, v in d.items():
-        if k in _SECTIONS:
-            cls = _SECTIONS[k]
-            if v is not None and not isinstance(v, dict):
-                raise EvaluateError(f"{where}: section '{k}' must be a mapping")
-            names = {f.name for f in dataclasses.fields(cls)}
-            bad = sorted(set(v or {}) - names)
-            if bad:
-                raise EvaluateError(f"{where}: unknown key(s) in section '{k}': {bad}; allowed: {sorted(names)}")
-            try:
-                kw[k] = cls(**(v or {}))
-            except (TypeError, ValueError) as e:
-                raise EvaluateError(f"{where}: bad values in section '{k}': {e}") from e
-        else:
-            kw[k] = v
+    check_sections(d, top, where, EvaluateError)
+    kw: dict[str, Any] = {k: build_section(_SECTIONS[k], v, f"{where}: section '{k}'", EvaluateError)
+                          if k in _SECTIONS else v for k, v in d.items()}
     return DemoConfig(**kw)
 
 
@@ -149,14 +135,11 @@ def load_config(path: str | Path | None = None, quick: bool = False) -> DemoConf
     """The built-in preset (``quick`` or default), or a YAML file read with ``yaml.safe_load``."""
     if path is None:
         return quick_config() if quick else DemoConfig()
-    p = Path(path)
-    if not p.is_file():
-        raise EvaluateError(f"demo config not found: {p}")
-    with open(p, encoding="utf-8") as fh:
-        d = yaml.safe_load(fh)
-    if d is not None and not isinstance(d, dict):
-        raise EvaluateError(f"{p}: a demo config must be a YAML mapping")
-    return config_from_dict(d, str(p))
+    try:
+        d = read_yaml_mapping(path, EvaluateError)
+    except FileNotFoundError as e:
+        raise EvaluateError(f"demo config not found: {path}") from e
+    return config_from_dict(d, str(path))
 
 
 # --------------------------------------------------------------------------------------------------- stages

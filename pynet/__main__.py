@@ -1,4 +1,5 @@
-"""Command line: ``python -m pynet train --config CFG`` and ``python -m pynet infer RAW... --checkpoint CK --out DIR``."""
+"""Command line: ``python -m pynet train --config CFG``, ``python -m pynet infer RAW... --checkpoint CK --out DIR``,
+``python -m pynet convert-tf SRC --out DST`` (the TF release's weights -> a paper-variant checkpoint)."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def cmd_infer(args) -> int:
     from isp_sim.io import read_raw, write_image
 
     from .infer import infer_tiled
-    from .isp_stage import raw_image_to_pynet_input
+    from .isp_stage import from_rggb_phase, raw_image_to_pynet_input
     from .model import load_pynet
 
     if args.threads:
@@ -56,11 +57,41 @@ def cmd_infer(args) -> int:
         x = raw_image_to_pynet_input(raw).to(device)
         y = infer_tiled(model, x, level=args.level, tile=args.tile, overlap=args.overlap, mode=args.mode,
                         bf16=args.bf16, channels_last=args.channels_last, store=args.store, progress=True)
+        y = from_rggb_phase(y, raw.pattern)  # undo the flip/rotation that brought the frame to RGGB phase
         img = (y[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
         dst = out_dir / (Path(path).stem + "." + args.format)
         write_image(dst, img)
         print(f"{path} -> {dst} ({img.shape[1]}x{img.shape[0]}, {time.time() - t0:.1f} s)")
     return 0
+
+
+def cmd_convert_tf(args) -> int:
+    from .convert import convert_tf_checkpoint
+    from .model import load_pynet
+
+    _, report = convert_tf_checkpoint(args.src, args.out, level=args.level)
+    model = load_pynet(args.out)  # the written file loads strictly
+    cfg = report["config"]
+    print(f"{args.src} -> {args.out}: {report['variables']} TF variables -> "
+          f"PyNET(variant='paper', width={cfg['width']}, instance_norm={cfg['instance_norm']}, "
+          f"instance_norm_level_1={cfg['instance_norm_level_1']}), "
+          f"{report['parameters']:,} parameters" +
+          (f"; skipped {len(report['skipped'])} optimizer variables" if report["skipped"] else "") +
+          f"; reloaded strictly (level {model.level})")
+    return 0
+
+
+CONVERT_EPILOG = """\
+Without TensorFlow here, export the checkpoint to .npz where TensorFlow is installed:
+
+    import numpy as np
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint("models/original/pynet_level_0.ckpt")
+    names = reader.get_variable_to_shape_map()
+    np.savez("pynet_level_0_tf.npz", **{name: reader.get_tensor(name) for name in names})
+
+then: python -m pynet convert-tf pynet_level_0_tf.npz --out pynet_paper.pth
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--threads", type=int, help="torch CPU threads")
     i.add_argument("--format", default="png", choices=["png", "jpg", "tif"], help="output image format")
     i.set_defaults(func=cmd_infer)
+
+    c = sub.add_parser("convert-tf", help="convert the TensorFlow release's weights to a paper-variant checkpoint",
+                       description="Map the variables of the authors' TensorFlow 1.x PyNET checkpoint "
+                                   "(github.com/aiff22/PyNET, e.g. models/original/pynet_level_0.ckpt) onto "
+                                   "PyNET(variant='paper') and save a checkpoint that 'infer' and pynet.load_pynet "
+                                   "read. SRC: a TF checkpoint prefix or its .index file (needs tensorflow), or a "
+                                   ".npz of {tf_variable_name: array}.",
+                       epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("src", help="TF checkpoint prefix / .index file, or .npz export")
+    c.add_argument("--out", required=True, help="output checkpoint (.pth)")
+    c.add_argument("--level", type=int, default=0, help="default output level stored in the checkpoint")
+    c.set_defaults(func=cmd_convert_tf)
     return p
 
 

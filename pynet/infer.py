@@ -372,7 +372,7 @@ class _StreamOps:
             a, b = Y0 // 2 - 1, Y1 // 2 + 1
             c, d = X0 // 2 - 1, X1 // 2 + 1
             v = _read_padded(x, a, b, c, d, "zero")
-            v = F.conv_transpose2d(v, deconv.weight, deconv.bias, stride=2, padding=1, output_padding=1)
+            v = F.conv_transpose2d(v, deconv.weight, deconv.bias, stride=2, padding=0)  # TF SAME, see model
             v = F.leaky_relu(v[..., Y0 - 2 * a: Y1 - 2 * a, X0 - 2 * c: X1 - 2 * c], LRELU_SLOPE)
             out.write(Y0, Y1, X0, X1, v)
         return out

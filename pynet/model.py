@@ -13,8 +13,9 @@ Two variants share this class because the authors' two releases differ (see ``VA
   bilinear(align_corners=True)+conv upsampling, instance norm (eps 1e-5) also in level 1, 16-channel level-0 head,
   sigmoid outputs, no residuals at level 5.
 * ``"paper"``: the paper / TensorFlow release. Zero padding, 3x3 stride-2 transposed-convolution upsampling without
-  bias, ``tanh*0.58+0.5`` outputs, 8-channel level-0 head, identity skips on level-5 blocks 2 and 3, no instance
-  norm in level 1, instance norm with eps 1e-3, truncated-normal(0.01) weights and 0.01 biases (47,548,170 params).
+  bias (TF "SAME" alignment), ``tanh*0.58+0.5`` outputs, 8-channel level-0 head, identity skips on level-5 blocks
+  2 and 3, no instance norm in level 1, instance norm with eps 1e-3, truncated-normal(0.01) weights and 0.01
+  biases (47,548,170 params). Weights of the TF release convert with :mod:`pynet.convert`.
 
 Every primitive of the forward pass goes through an "ops" object (:class:`TensorOps` by default). The tiled
 inference in :mod:`pynet.infer` substitutes other ops objects (fixed instance-norm statistics, or a layer-streaming
@@ -35,10 +36,12 @@ import torch.nn.functional as F
 
 VARIANTS = {
     "pytorch": dict(pad="reflect", upsample="bilinear_conv", in_eps=1e-5, head_channels=16, out_act="sigmoid",
-                    level5_skips=False, instance_norm_level_1=True, init="pytorch"),
+                    level5_skips=False, instance_norm_level_1=True, level1_norm_outer=True, init="pytorch"),
     "paper": dict(pad="zero", upsample="transposed", in_eps=1e-3, head_channels=8, out_act="tanh",
-                  level5_skips=True, instance_norm_level_1=False, init="truncated_normal"),
+                  level5_skips=True, instance_norm_level_1=False, level1_norm_outer=False, init="truncated_normal"),
 }
+# level1_norm_outer: whether ``instance_norm_level_1`` also covers level-1 blocks d5, d10 and d12 (PyTorch release)
+# or only the 9x9 blocks d6...d9 (TF release, which hard-codes no norm on the others).
 LEVELS = (0, 1, 2, 3, 4, 5)
 LRELU_SLOPE = 0.2
 # Published sizes at width=1 (computed from the architecture; pinned by the tests).
@@ -132,13 +135,20 @@ class UpsampleConvLayer(nn.Module):
 
 
 class TransposedConvLayer(nn.Module):
-    """Paper/TF upsampling: 3x3 transposed convolution, stride 2, no bias (TF "SAME": output exactly 2x) -> LReLU."""
+    """Paper/TF upsampling: 3x3 transposed convolution, stride 2, no bias (TF "SAME": output exactly 2x) -> LReLU.
+
+    TF's "SAME" padding puts the odd padding pixel of the stride-2 convolution (whose adjoint this is) at the
+    bottom/right, so input pixel ``j`` spreads to output pixels ``2j + (0, 1, 2)``. That is PyTorch's
+    ``conv_transpose2d`` with ``padding=0`` (output ``2H + 1``) cropped to the first ``2H`` rows/columns; the
+    symmetric ``padding=1, output_padding=1`` would shift the result by one pixel (checked against
+    ``tf.nn.conv2d_transpose``). Weight layout: PyTorch ``(in, out, 3, 3)``; TF stores ``[3, 3, out, in]``.
+    """
 
     kind = "transposed"
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.deconv = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.deconv = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return TENSOR_OPS.up(self, x)
@@ -179,7 +189,7 @@ class TensorOps:
             y = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             y = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), layer.conv2d.weight, layer.conv2d.bias)
         else:
-            y = layer.deconv(x)
+            y = layer.deconv(x)[..., : 2 * x.shape[-2], : 2 * x.shape[-1]]
         return F.leaky_relu(y, LRELU_SLOPE)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,8 +216,9 @@ class PyNET(nn.Module):
         variant: ``"pytorch"`` (authors' PyTorch release, loads its checkpoint) or ``"paper"`` (paper/TF release).
         level: default output level for :meth:`forward` (0 = full resolution ... 5 = 1/16 of the packed size).
         instance_norm: instance norm in levels 2-5 (and in the encoder blocks ``conv_l2_d1`` ... ``conv_l4_d1``).
-        instance_norm_level_1: instance norm in level-1 blocks d5...d12; ``None`` = the variant's release
-            setting (True for "pytorch" - required to load ``pynet_level_0.pth`` - False for "paper").
+        instance_norm_level_1: instance norm in level-1 blocks d5...d12 ("pytorch") or d6...d9 ("paper", as the TF
+            release places it); ``None`` = the variant's release setting (True for "pytorch" - required to load
+            ``pynet_level_0.pth`` - False for "paper").
         width: multiplier on all internal channel counts (1.0 = published model).
         seed: seed of the ``torch.Generator`` used for weight initialisation (recorded in ``self.init_seed``).
 
@@ -233,6 +244,7 @@ class PyNET(nn.Module):
         self.level5_skips = cfg["level5_skips"]
         pad, eps = cfg["pad"], cfg["in_eps"]
         IN, IN1 = self.instance_norm, self.instance_norm and self.instance_norm_level_1
+        IN1o = IN1 and cfg["level1_norm_outer"]
         # layer constructors draw PyTorch's default init from the global RNG; those values are replaced by
         # reset_parameters(seed) below, and the global RNG state is restored so that building a model has no
         # side effect on other random draws
@@ -307,14 +319,14 @@ class PyNET(nn.Module):
         self.conv_l2_out = head(l2)
         # level 1
         self.conv_l1_d3 = mb(ch1 + c(32), 32, 5, False)
-        self.conv_l1_d5 = mb(self.conv_l1_d3.out_channels + ch1, 32, 7, IN1)
+        self.conv_l1_d5 = mb(self.conv_l1_d3.out_channels + ch1, 32, 7, IN1o)
         self.conv_l1_d6 = mb(self.conv_l1_d5.out_channels, 32, 9, IN1)
         l1 = self.conv_l1_d6.out_channels
         self.conv_l1_d7 = mb(l1, 32, 9, IN1)
         self.conv_l1_d8 = mb(l1, 32, 9, IN1)
         self.conv_l1_d9 = mb(l1, 32, 9, IN1)
-        self.conv_l1_d10 = mb(l1, 32, 7, IN1)
-        self.conv_l1_d12 = mb(self.conv_l1_d10.out_channels + ch1, 32, 5, IN1)
+        self.conv_l1_d10 = mb(l1, 32, 7, IN1o)
+        self.conv_l1_d12 = mb(self.conv_l1_d10.out_channels + ch1, 32, 5, IN1o)
         self.conv_l1_d14 = mb(self.conv_l1_d12.out_channels + c(32) + ch1, 32, 3, False)
         l1 = self.conv_l1_d14.out_channels
         self.conv_l1_out = head(l1)

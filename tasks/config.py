@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from isp_sim.config import apply_overrides, build_section, check_sections, read_yaml_mapping
 
 from .backbones import DetectorConfig, _plain
 from .data.coco import DegradationConfig
@@ -134,55 +134,21 @@ class ExperimentConfig:
 
 
 def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    if values is not None and not isinstance(values, dict):
-        raise ValueError(f"config section '{where}' must be a mapping, got {type(values).__name__}")
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown key(s) in config section '{where}': {unknown}; allowed: {sorted(names)}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ValueError(f"bad values in config section '{where}': {e}") from e
+    return build_section(cls, values, f"config section '{where}'")
 
 
 def config_from_dict(d: dict[str, Any] | None) -> ExperimentConfig:
     """Validate a (YAML-loaded) dict into an :class:`ExperimentConfig`."""
     d = dict(d or {})
     sections = {"model": DetectorConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
-    unknown = sorted(set(d) - set(sections))
-    if unknown:
-        raise ValueError(f"unknown config section(s): {unknown}; allowed: {sorted(sections)}")
+    check_sections(d, sections, "config")
     return ExperimentConfig(**{k: _build(cls, d.get(k), k) for k, cls in sections.items()})
-
-
-def _set_dotted(d: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    cur = d
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-        if not isinstance(cur, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a section")
-    cur[parts[-1]] = value
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config with ``yaml.safe_load``; ``overrides`` are ``section.key=value`` strings (value parsed as
     YAML, e.g. ``run.max_steps=20``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        d = yaml.safe_load(fh)
-    if d is not None and not isinstance(d, dict):
-        raise ValueError(f"config {path} must be a YAML mapping, got {type(d).__name__}")
-    d = d or {}
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ValueError(f"override {ov!r} must look like section.key=value")
-        k, v = ov.split("=", 1)
-        _set_dotted(d, k.strip(), yaml.safe_load(v))
+    d = apply_overrides(read_yaml_mapping(path), overrides)
     try:
         return config_from_dict(d)
     except ValueError as e:

@@ -34,4 +34,9 @@ def test_bench_smoke(bench, tmp_path):
         torch.set_num_threads(old)
     assert res["patch_224"]["seconds"] > 0 and res["frame_tiled"]["tiles"] == 3 * 5
     assert res["frame_tiled"]["estimated_12mp_seconds"] > res["frame_tiled"]["seconds"]
+    # the prediction from the patch throughput covers the 15 tiles of 32x32 (not a measured 12 MP frame)
+    assert res["frame_tiled"]["predicted_seconds"] > 0 and res["frame_tiled"]["measured_full_frame"] is False
+    # without --frame/--quick the full Huawei P20 frame is run: 2976x3968 RAW, 4 x 5 = 20 tiles of 512 (>= 64 overlap)
+    assert bench.FULL_FRAME_PACKED == (1488, 1984)
+    assert len(bench.tile_starts(1488, 512, 64)) * len(bench.tile_starts(1984, 512, 64)) == 20
     assert (tmp_path / "b.json").exists()

@@ -158,5 +158,9 @@ def test_raw_image_conversion(tmp_path):
     torch.testing.assert_close(x[0, 2], torch.from_numpy(counts[0::2, 0::2] / 1020.0).float())  # as stored
     other = RawImage(counts=counts * 4, pattern="GRBG", black_level=0, white_level=4095)
     y = raw_image_to_pynet_input(other)
-    # GRBG: R at (0, 1) -> channel 2; values mapped to 64 + x * 959 counts
-    torch.testing.assert_close(y[0, 2], torch.from_numpy((64 + counts[0::2, 1::2] * 4 / 4095 * 959) / 1020).float())
+    # GRBG is flipped left-right into RGGB phase: its R sites (0, 1) -> channel 2, columns reversed; values mapped
+    # to 64 + x * 959 counts
+    expect = np.ascontiguousarray(counts[0::2, 1::2][:, ::-1]) * 4 / 4095 * 959
+    torch.testing.assert_close(y[0, 2], torch.from_numpy((64 + expect) / 1020).float())
+    torch.testing.assert_close(y[0, 0], torch.from_numpy(  # B at (1, 0)
+        (64 + np.ascontiguousarray(counts[1::2, 0::2][:, ::-1]) * 4 / 4095 * 959) / 1020).float())
