@@ -31,8 +31,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 
+from isp_sim.config import apply_overrides, build_section, read_yaml_mapping
 from isp_sim.io import atomic_path
 
 from .losses import PyNETLoss, VGGPerceptualLoss, ms_ssim, psnr
@@ -102,13 +102,7 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig}
 
 
 def _build(cls, d: dict, where: str):
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
+    return build_section(cls, d, where)
 
 
 def config_from_dict(d: dict, where: str = "config") -> TrainConfig:
@@ -150,19 +144,7 @@ def validate_config(cfg: TrainConfig, where: str = "config") -> None:
 
 def load_config(path: str | os.PathLike, overrides: Optional[dict] = None) -> TrainConfig:
     """Read a YAML config with ``yaml.safe_load``; ``overrides`` maps dotted keys (``"data.root"``) to values."""
-    path = Path(path)
-    try:
-        d = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({e})") from None
-    for key, value in (overrides or {}).items():
-        node = d
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    d = apply_overrides(read_yaml_mapping(path), overrides)
     return config_from_dict(d, str(path))
 
 
