@@ -48,7 +48,7 @@ class DemoData:
     """The procedural dataset: image counts, square image side (pixels), seed."""
 
     n_train: int = 200
-    n_val: int = 24
+    n_val: int = 48
     image_size: int = 128
     seed: int = 0
 
@@ -69,15 +69,27 @@ class DemoDiR:
     lr: float = 0.002
 
 
+def _default_train_degradation() -> dict:
+    return {"composite": "seen", "prob_clean": 0.5, "per_epoch": True, "seed": 0}
+
+
 @dataclass
 class DemoDetector:
-    """Both detectors' shared training schedule and head sizes (tasks.config sections model/optim/run)."""
+    """The detectors' shared training schedule and head sizes (tasks.config sections model/optim/run).
+
+    Both the baseline (ResNet-18-FPN) and the DiR detector are trained on the same images with the same on-the-fly
+    ``train_degradation`` (tasks.data.coco.DegradationConfig; default: isp_sim's CompositeISP "seen" chains on half
+    of the images, fresh draws every epoch: DiR's training distribution; ``{}`` = clean images only).
+    ``clean_baseline``: also train a ResNet-18-FPN on clean images only, to show what the degradation augmentation
+    itself buys. ``optimizer``: "adamw" or "sgd" (AdamW learns faster from scratch at this budget: measured box AP
+    0.081 vs 0.060 for SGD lr 0.02 after 300 steps, 0.092 with AdamW lr 2e-3)."""
 
     kind: str = "mask"
-    max_steps: int = 300
+    max_steps: int = 1000
     batch_size: int = 4
-    lr: float = 0.02
-    warmup_steps: int = 30
+    optimizer: str = "adamw"
+    lr: float = 0.002
+    warmup_steps: int = 50
     fpn_channels: int = 64
     box_head_dim: int = 256
     mask_head_channels: int = 32
@@ -86,7 +98,20 @@ class DemoDetector:
     detections_per_image: int = 20
     dir_train_encoder: bool = True
     dir_train_pilot: bool = True
-    train_degradation: dict = field(default_factory=dict)
+    train_degradation: dict = field(default_factory=_default_train_degradation)
+    clean_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+
+    def models(self) -> list[tuple[str, str, dict]]:
+        """(tag, backbone, train_degradation) of every detector the demo trains, in order."""
+        out = [("baseline-resnet", "resnet", dict(self.train_degradation)),
+               ("dir", "dir", dict(self.train_degradation))]
+        if self.clean_baseline and self.train_degradation:
+            out.append(("resnet-clean-trained", "resnet", {}))
+        return out
 
 
 @dataclass
@@ -109,9 +134,10 @@ def quick_config() -> DemoConfig:
     """The ``--quick`` preset (= configs/evaluate/demo_quick.yaml): a first look in a few minutes."""
     return DemoConfig(
         out_dir="outputs/evaluate_demo_quick",
-        data=DemoData(n_train=64, n_val=12, image_size=96),
+        data=DemoData(n_train=128, n_val=16, image_size=96),
         dir=DemoDiR(mmi_steps=10, dfr_steps=10, align_steps=10, restore_steps=5),
-        detector=DemoDetector(max_steps=60, warmup_steps=10, anchor_sizes=[12, 24, 48, 96, 192]),
+        detector=DemoDetector(max_steps=300, warmup_steps=30, anchor_sizes=[12, 24, 48, 96, 192],
+                              clean_baseline=False),
         grid=GridConfig(degradations=["default"], severities="1..5", sample_images=2),
         real=RealCameraConfig(max_side=256, gt_images=4, libraw=["AHD", "LINEAR", "VNG", "DCB", "AHD+autowb"],
                               simulator=["menon", "bilinear"], sample_raws=2))
@@ -143,6 +169,9 @@ def load_config(path: str | Path | None = None, quick: bool = False) -> DemoConf
 
 
 # --------------------------------------------------------------------------------------------------- stages
+_RUN_NAMES = {"baseline-resnet": "resnet", "dir": "dir"}  # folders under models/ (kept from earlier versions)
+
+
 def make_data(cfg: DemoConfig, out: Path) -> dict:
     from tasks.data.procedural import make_dataset
 
@@ -189,8 +218,10 @@ def pretrain_dir(cfg: DemoConfig, out: Path, paths: dict, progress: bool) -> Pat
     return output_path(dcfg, "restore")
 
 
-def detector_config(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | None) -> dict:
-    """The tasks experiment config (a plain dict, also written as YAML next to the run)."""
+def detector_config(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | None,
+                    train_degradation: dict | None = None, run_name: str | None = None) -> dict:
+    """The tasks experiment config (a plain dict, also written as YAML next to the run); ``train_degradation``
+    defaults to ``cfg.detector.train_degradation``, ``run_name`` (the folder under ``models/``) to ``backbone``."""
     dt, d = cfg.detector, cfg.data
     model: dict[str, Any] = {
         "kind": dt.kind, "backbone": backbone, "num_classes": 0, "min_size": d.image_size, "max_size": d.image_size,
@@ -209,21 +240,23 @@ def detector_config(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | 
         "model": model,
         "data": {"kind": "procedural", "root": str(out / "data" / "procedural"), "n_train": d.n_train,
                  "n_val": d.n_val, "image_size": d.image_size, "seed": d.seed, "hflip": True,
-                 "train_degradation": dict(dt.train_degradation)},
-        "optim": {"name": "sgd", "lr": dt.lr, "momentum": 0.9, "weight_decay": 1e-4, "warmup_steps": dt.warmup_steps,
-                  "schedule": "cosine", "clip_grad": 10.0},
-        "run": {"out_dir": str(out / "models" / backbone), "max_steps": dt.max_steps, "batch_size": dt.batch_size,
+                 "train_degradation": dict(dt.train_degradation if train_degradation is None
+                                           else train_degradation)},
+        "optim": {"name": dt.optimizer, "lr": dt.lr, "momentum": 0.9, "weight_decay": 1e-4,
+                  "warmup_steps": dt.warmup_steps, "schedule": "cosine", "clip_grad": 10.0},
+        "run": {"out_dir": str(out / "models" / (run_name or backbone)), "max_steps": dt.max_steps, "batch_size": dt.batch_size,
                 "log_every": 10, "eval_every": 0, "ckpt_every": max(10, dt.max_steps // 4), "seed": cfg.seed,
                 "threads": cfg.threads, "device": "cpu", "final_eval": False},
     }
 
 
 def train_detector(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | None, progress: bool,
-                   resumed: list | None = None) -> Path:
+                   resumed: list | None = None, train_degradation: dict | None = None,
+                   run_name: str | None = None) -> Path:
     from tasks.config import config_from_dict as tasks_config
     from tasks.train import train
 
-    d = detector_config(cfg, out, backbone, dir_ckpt)
+    d = detector_config(cfg, out, backbone, dir_ckpt, train_degradation, run_name)
     d["run"]["progress"] = progress
     run_dir = Path(d["run"]["out_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +265,7 @@ def train_detector(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | N
     if final.is_file() and _done_steps(run_dir) >= cfg.detector.max_steps:
         log.info("%s detector already trained: %s", backbone, final)
         if resumed is not None:
-            resumed.append(f"{backbone} detector training (already complete in {run_dir})")
+            resumed.append(f"{run_name or backbone} detector training (already complete in {run_dir})")
         return final
     train(tasks_config(d), resume=True)
     return final
@@ -286,11 +319,13 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | Path | None = None, p
     with timer("3 DiR pretraining"):
         dir_ckpt = pretrain_dir(cfg, out, paths, progress)
     resumed: list[str] = []
-    with timer("4a train baseline (ResNet-FPN)"):
-        base = train_detector(cfg, out, "resnet", None, progress, resumed)
-    with timer("4b train DiR detector"):
-        dird = train_detector(cfg, out, "dir", dir_ckpt, progress, resumed)
-    models = [ModelSpec("baseline-resnet", base), ModelSpec("dir", dird)]
+    models, run_dirs = [], {}
+    for k, (tag, backbone, degr) in enumerate(cfg.detector.models()):
+        with timer(f"4{'abcdefgh'[k]} train {tag}"):
+            ckpt = train_detector(cfg, out, backbone, dir_ckpt if backbone == "dir" else None, progress, resumed,
+                                  degr, run_name=_RUN_NAMES.get(tag, tag))
+        models.append(ModelSpec(tag, ckpt))
+        run_dirs[tag] = ckpt.parent
     grid_cfg = dataclasses.replace(cfg.grid, degraded_root=str(out / "degraded") if degraded else "",
                                    threads=cfg.threads)
     with timer("5 robustness grid"):
@@ -306,7 +341,7 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | Path | None = None, p
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "machine": platform.machine()}
     summary = {"format": "evaluate-demo-v1", "config": cfg.to_dict(), "timing_s": timing, "environment": env,
-               "training": {"baseline-resnet": training_summary(base.parent), "dir": training_summary(dird.parent)},
+               "training": {t: training_summary(d) for t, d in run_dirs.items()},
                "dir_checkpoint": str(dir_ckpt) if dir_ckpt else None,
                "headline": {t: {"bbox": {k: m["summary"][k].get("bbox_AP") for k in ("P", "mPC", "rPC")},
                                 "segm": {k: m["summary"][k].get("segm_AP") for k in ("P", "mPC", "rPC")}}
@@ -341,16 +376,29 @@ def demo_markdown(summary: dict, results: dict, real: dict) -> str:
     for tag, s in tr.items():
         rows.append([tag, s.get("steps", "n/a"), fmt(s.get("first_loss")), fmt(s.get("final_loss")),
                      fmt(s.get("mean_sec_per_step"), 2), s.get("params_total", ""), s.get("params_trainable", "")])
-    out.append("Both detectors: Mask R-CNN (torchvision) trained with `tasks.train` on the clean procedural training "
-               f"split ({cfg['data']['n_train']} images, {cfg['data']['image_size']} px), identical schedule "
-               f"(SGD lr {cfg['detector']['lr']}, batch {cfg['detector']['batch_size']}, cosine). Baseline: ResNet-18 "
-               f"(width {cfg['detector']['resnet_width']}, GroupNorm) + FPN, random init. DiR: DiRNet (channels "
+    det = cfg["detector"]
+    degr = det["train_degradation"]
+    if degr:
+        what = (f"isp_sim CompositeISP('{degr['composite']}') chains" if degr.get("composite") else
+                f"isp_sim {degr.get('names')} at severity {degr.get('severity')}")
+        train_data = (f"the procedural training split ({cfg['data']['n_train']} images, {cfg['data']['image_size']} "
+                      f"px) degraded on the fly by {what} on {100 * (1 - degr.get('prob_clean', 0)):.0f} % of the "
+                      "images (fresh draws every epoch)" if degr.get("per_epoch") else "(one draw per image)")
+    else:
+        train_data = (f"the clean procedural training split ({cfg['data']['n_train']} images, "
+                      f"{cfg['data']['image_size']} px)")
+    out.append(f"Mask R-CNN (torchvision) detectors trained with `tasks.train`, identical schedule "
+               f"({det['optimizer']} lr {det['lr']}, batch {det['batch_size']}, {det['max_steps']} steps, cosine). "
+               f"`baseline-resnet` and `dir` see the same data: {train_data}. Baseline: ResNet-18 "
+               f"(width {det['resnet_width']}, GroupNorm) + FPN, random init. DiR: DiRNet (channels "
                f"{cfg['dir']['channels']}) + FPN, "
                + (f"initialised from a short `dir` pretraining (MMI {cfg['dir']['mmi_steps']}, DfR "
                   f"{cfg['dir']['dfr_steps']}, align {cfg['dir']['align_steps']}, restore "
                   f"{cfg['dir']['restore_steps']} steps; `{summary['dir_checkpoint']}`)" if cfg["dir"]["enabled"]
                   else "randomly initialised (DiR pretraining disabled)")
-               + f"; encoder trained end to end: {cfg['detector']['dir_train_encoder']}.\n\n")
+               + f"; encoder trained end to end: {det['dir_train_encoder']}."
+               + (" `resnet-clean-trained`: the same baseline trained on clean images only (what the degradation "
+                  "augmentation buys)." if "resnet-clean-trained" in tr else "") + "\n\n")
     out.append(md_table(["model", "steps", "first logged loss", "final loss", "s/step (measured)", "params",
                          "trainable"], rows))
     out.append("\n## Measured time\n\n")

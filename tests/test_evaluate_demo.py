@@ -49,11 +49,16 @@ def test_reduced_demo_end_to_end_and_resume(tmp_path):
     s = run_demo(cfg, out, progress=False)
     for f in ("report.md", "demo_summary.json", "demo_config.yaml", "grid/results.json", "grid/samples.png",
               "grid/ap_vs_severity_bbox_AP.png", "real_camera/real_camera.json", "models/resnet/model_final.pt",
-              "models/dir/model_final.pt", "dir/dirnet.pt", "degraded/jpeg-5/manifest.jsonl"):
+              "models/dir/model_final.pt", "models/resnet-clean-trained/model_final.pt", "dir/dirnet.pt", "degraded/jpeg-5/manifest.jsonl"):
         assert (out / f).is_file(), f
-    assert set(s["headline"]) == {"baseline-resnet", "dir"}
-    assert set(s["timing_s"]) >= {"1 data", "3 DiR pretraining", "4a train baseline (ResNet-FPN)",
-                                  "4b train DiR detector", "5 robustness grid", "6 real-camera outputs", "total"}
+    assert set(s["headline"]) == {"baseline-resnet", "dir", "resnet-clean-trained"}
+    assert set(s["timing_s"]) >= {"1 data", "3 DiR pretraining", "4a train baseline-resnet", "4b train dir",
+                                  "4c train resnet-clean-trained", "5 robustness grid", "6 real-camera outputs",
+                                  "total"}
+    # baseline and DiR train on the same degraded data; the clean-trained baseline on clean images
+    run_cfg = {t: yaml.safe_load((out / "models" / d / "demo_config.yaml").read_text())["data"]["train_degradation"]
+               for t, d in (("base", "resnet"), ("dir", "dir"), ("clean", "resnet-clean-trained"))}
+    assert run_cfg["base"] == run_cfg["dir"] and run_cfg["base"]["composite"] == "seen" and run_cfg["clean"] == {}
     res = json.loads((out / "grid/results.json").read_text())
     assert res["data"]["sources"]["jpeg-5"].startswith("copy:")        # isp_sim's degraded copy
     assert res["data"]["sources"]["noise-eld-5"] == "on-the-fly"      # a variant the tool cannot name
@@ -70,5 +75,5 @@ def test_reduced_demo_end_to_end_and_resume(tmp_path):
     res2 = json.loads((out / "grid/results.json").read_text())
     assert sorted(res2["models"]["dir"]["cached_conditions"]) == ["clean", "jpeg-5", "noise-eld-5", "roundtrip"]
     assert s2["headline"] == s["headline"]
-    assert not s["resumed"] and len(s2["resumed"]) == 4  # 2 trainings + 2 models' cached grids
+    assert not s["resumed"] and len(s2["resumed"]) == 6  # 3 trainings + 3 models' cached grids
     assert "resumed from earlier outputs" in (out / "report.md").read_text()
