@@ -5,10 +5,12 @@ Stages (each resumable from ``<out_dir>/<stage>/last.pt``; logs in ``<out_dir>/<
 * ``mmi``     - encoder E + projection heads, multi-view MI maximisation on degraded views only -> ``mmi.pt``.
 * ``dfr``     - degradation-free reference autoencoder (E*, D*) on clean patches, L1 -> ``dfr.pt``.
 * ``align``   - pilot P + alignment A (E, E*, D* frozen): feature-, distribution-, pixel-, pilot- and MI terms
-  -> ``dirnet_align.pt`` (a DiRNet whose decoder is D*, with the DfR channel statistics stored).
-* ``restore`` - restoration decoder R (initialised from D*) trained on degraded -> clean, optionally with P and A
+  -> ``dirnet_align.pt`` (a DiRNet with the DfR channel statistics stored and R
+  initialised from D* - still the identity y = x, see ``RestorationDecoder.init_from_dfr``).
+* ``restore`` - restoration decoder ``y = R(r+, x) = x + head(...)`` (representation path initialised from D*,
+  input branch fresh, zero head so it starts as the identity) trained on degraded -> clean, optionally with P and A
   (lr x ``finetune_lr_mult``, plus the distribution regulariser) -> ``dirnet.pt``.
-* ``plain``   - baseline: the same encoder + decoder trained directly degraded -> clean with L1, for as many steps as
+* ``plain``   - baseline: the same encoder + decoder (with the same input branch and residual) trained directly degraded -> clean with L1, for as many steps as
   the four DiR stages together (same data, batch size and patch size) -> ``plain.pt``.
 
 Everything random is a function of ``run.seed``: weights come from :func:`dir.model.init_weights`, batches from
@@ -38,7 +40,9 @@ from .data import PatchDataset, batch_stream, load_images, make_degrader
 from .losses import build_critic, local_embeddings, moment_loss, multiview_mi_loss, pixel_l1, relative_l1
 from .model import SCALES, DfRAutoencoder, DiREncoder, DiRNet, MIHeads, PlainEncDec, init_weights
 
-FORMATS = {"mmi": "dir-mmi-v1", "dfr": "dir-dfr-v1", "plain": "dir-plain-v1"}
+# dfr stays v1 (D* is unchanged); plain v2 / dirnet v2: decoder with the input branch and global residual
+FORMATS = {"mmi": "dir-mmi-v1", "dfr": "dir-dfr-v1", "plain": "dir-plain-v2"}
+TRAIN_FORMAT = "dir-train-v2"  # training checkpoints (last.pt); v1 ones hold the old decoder
 OUTPUTS = {"mmi": "mmi.pt", "dfr": "dfr.pt", "align": "dirnet_align.pt", "restore": "dirnet.pt", "plain": "plain.pt"}
 
 
@@ -169,7 +173,7 @@ class AlignStage(nn.Module):
 
 
 class RestoreStage(nn.Module):
-    """R (from D*) trained on degraded -> clean; E frozen; P and A frozen or fine-tuned with the distribution
+    """R trained on degraded -> clean, ``L = mean |R(r+(x), x) - clean|`` with ``R(r+, x) = x + head(...)``; E frozen; P and A frozen or fine-tuned with the distribution
     regulariser ``w_dist * L_dist(r+, stored DfR statistics)``."""
 
     def __init__(self, m: ModelConfig, lc: LossConfig, finetune_alignment: bool):
@@ -190,7 +194,7 @@ class RestoreStage(nn.Module):
         k = v.shape[1]
         x = v.flatten(0, 1)
         rplus = self.net.forward_features(x)
-        pix = pixel_l1(self.net.decode(rplus, x.shape[-2:]), _rep(clean, k))
+        pix = pixel_l1(self.net.decode(rplus, x), _rep(clean, k))
         loss, logs = pix, {"pix": _f(pix)}
         if self.finetune and self.lc.dist > 0:
             reg = self.net.distribution_regularizer(rplus)
@@ -200,7 +204,7 @@ class RestoreStage(nn.Module):
 
 
 class PlainStage(nn.Module):
-    """Plain encoder-decoder baseline; loss = mean |R(E(x_degraded)) - x_clean|."""
+    """Plain encoder-decoder baseline; loss = mean |Dec(E(x), x) - x_clean| (x degraded; same decoder as R)."""
 
     def __init__(self, m: ModelConfig, lc: LossConfig):
         super().__init__()
@@ -294,7 +298,8 @@ def build_stage(cfg: DiRConfig, stage: str) -> nn.Module:
                                             if k.startswith("encoder.")}, "mmi.pt (encoder)")
         _, st, _ = load_model_file(_need(cfg, "dfr", stage), FORMATS["dfr"])
         load_state_strict(mod.dfr, st, "dfr.pt")
-        mod.net.decoder.load_state_dict(mod.dfr.decoder.state_dict())  # R starts as D*
+        # R's representation path starts as D*'s; its input branch/mixers are fresh and its head zero (R = identity)
+        mod.net.decoder.init_from_dfr(mod.dfr.decoder)
         mod.freeze_pretrained()
     elif stage == "restore":
         mod = RestoreStage(m, lc, cfg.restore.finetune_alignment)
@@ -400,6 +405,10 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     sc, total = stage_settings(cfg, stage)
+    if stage in ("mmi", "align") and sc.batch_size // world < 2:
+        raise ValueError(f"stage {stage}: batch_size {sc.batch_size} over {world} process(es) leaves "
+                         f"{sc.batch_size // world} image(s) per process; the MI bound needs at least 2 per process "
+                         "(its negatives are the other images of the same process's batch)")
     sdir = stage_dir(cfg, stage)
     ckpt_path, log_path = sdir / "last.pt", sdir / "log.jsonl"
     images = [img for _, img in load_images(cfg.data.source, cfg.data.train_images, "train", cfg.data.max_side,
@@ -412,8 +421,11 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
     start, elapsed = 0, 0.0
     if ckpt_path.is_file():
         ck = load_file(ckpt_path)
-        if ck.get("format") != "dir-train-v1" or ck.get("stage") != stage:
-            raise RuntimeError(f"{ckpt_path} is not a '{stage}' training checkpoint")
+        if ck.get("format") != TRAIN_FORMAT or ck.get("stage") != stage:
+            raise RuntimeError(f"{ckpt_path} is not a '{stage}' training checkpoint of format {TRAIN_FORMAT!r} "
+                               f"(found {ck.get('format')!r}, stage {ck.get('stage')!r}); checkpoints from before "
+                               "the restoration decoder got its input branch cannot be resumed - use a new "
+                               "run.out_dir")
         if ck["comparable"] != _comparable(cfg, stage):
             raise RuntimeError(f"{ckpt_path} was written with a different config; use a new run.out_dir or delete "
                                f"{sdir} to restart the stage")
@@ -454,7 +466,7 @@ def train_stage(cfg: DiRConfig, stage: str, degrade: Callable | None = None, pro
 
     def save(step: int) -> None:
         if rank == 0:
-            atomic_save({"format": "dir-train-v1", "stage": stage, "step": step, "elapsed": elapsed,
+            atomic_save({"format": TRAIN_FORMAT, "stage": stage, "step": step, "elapsed": elapsed,
                          "model": mod.state_dict(), "optim": opt.state_dict(),
                          "comparable": _comparable(cfg, stage), "config": cfg.to_dict()}, ckpt_path)
         _barrier(world)

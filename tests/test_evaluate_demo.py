@@ -42,8 +42,9 @@ def test_reduced_demo_end_to_end_and_resume(tmp_path):
                      "mask_head_channels": 8, "resnet_width": 8, "anchor_sizes": [8, 16, 32, 64, 128],
                      "detections_per_image": 10},
         "grid": {"degradations": ["jpeg", "noise:eld"], "severities": "5", "sample_images": 1},
+        "pynet": {"width": 0.125, "patch": 32, "batch_size": 2, "steps": [0, 0, 0, 0, 1, 2]},
         "real": {"raw_dir": str(tmp_path / "no_raws"), "max_side": 64, "libraw": ["AHD"], "simulator": ["menon"],
-                 "pynet": False, "gt_images": 1},
+                 "pynet": True, "gt_images": 1},
     })
     out = tmp_path / "demo"
     s = run_demo(cfg, out, progress=False)
@@ -53,7 +54,7 @@ def test_reduced_demo_end_to_end_and_resume(tmp_path):
         assert (out / f).is_file(), f
     assert set(s["headline"]) == {"baseline-resnet", "dir", "resnet-clean-trained"}
     assert set(s["timing_s"]) >= {"1 data", "3 DiR pretraining", "4a train baseline-resnet", "4b train dir",
-                                  "4c train resnet-clean-trained", "5 robustness grid", "6 real-camera outputs",
+                                  "4c train resnet-clean-trained", "5 robustness grid", "6b real-camera outputs",
                                   "total"}
     # baseline and DiR train on the same degraded data; the clean-trained baseline on clean images
     run_cfg = {t: yaml.safe_load((out / "models" / d / "demo_config.yaml").read_text())["data"]["train_degradation"]
@@ -69,11 +70,17 @@ def test_reduced_demo_end_to_end_and_resume(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Headline" in report and "## Measured time" in report and "load average" in report
     assert "Real RAW files: skipped" in report
+    # the demo's own PyNET (levels 1 and 0 here) renders the real-camera set, with its validation numbers
+    assert (out / "pynet/pynet_level_0.pth").is_file()
+    assert s["pynet"]["checkpoint"].endswith("pynet_level_0.pth")
+    assert s["pynet"]["validation"]["trained"]["psnr"] > 0
+    real = json.loads((out / "real_camera/real_camera.json").read_text())
+    assert "pynet:pynet_level_0" in json.dumps(real)
     assert yaml.safe_load((out / "demo_config.yaml").read_text())["detector"]["max_steps"] == 2
     # resume: nothing is retrained or re-predicted
     s2 = run_demo(cfg, out, progress=False)
     res2 = json.loads((out / "grid/results.json").read_text())
     assert sorted(res2["models"]["dir"]["cached_conditions"]) == ["clean", "jpeg-5", "noise-eld-5", "roundtrip"]
-    assert s2["headline"] == s["headline"]
+    assert s2["headline"] == s["headline"] and s2["pynet"] == s["pynet"]
     assert not s["resumed"] and len(s2["resumed"]) == 6  # 3 trainings + 3 models' cached grids
     assert "resumed from earlier outputs" in (out / "report.md").read_text()
