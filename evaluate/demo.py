@@ -159,6 +159,7 @@ def quick_config() -> DemoConfig:
         out_dir="outputs/evaluate_demo_quick",
         data=DemoData(n_train=128, n_val=16, image_size=96),
         dir=DemoDiR(mmi_steps=10, dfr_steps=10, align_steps=10, restore_steps=5),
+        pynet=DemoPyNET(steps=[5, 5, 5, 5, 40, 30]),
         detector=DemoDetector(max_steps=300, warmup_steps=30, anchor_sizes=[12, 24, 48, 96, 192],
                               clean_baseline=False),
         grid=GridConfig(degradations=["default"], severities="1..5", sample_images=2),
@@ -195,12 +196,12 @@ def load_config(path: str | Path | None = None, quick: bool = False) -> DemoConf
 _RUN_NAMES = {"baseline-resnet": "resnet", "dir": "dir"}  # folders under models/ (kept from earlier versions)
 
 
-def make_data(cfg: DemoConfig, out: Path) -> dict:
+def make_data(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     from tasks.data.procedural import make_dataset
 
     d = cfg.data
     return make_dataset(out / "data" / "procedural", n_train=d.n_train, n_val=d.n_val, seed=d.seed,
-                        image_size=d.image_size)
+                        image_size=d.image_size, progress=progress)
 
 
 def write_degraded(cfg: DemoConfig, out: Path, paths: dict, progress: bool) -> dict:
@@ -373,7 +374,7 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | Path | None = None, p
     log.info("demo -> %s (threads %d, load average %s)", out, torch.get_num_threads(), load_start)
 
     with timer("1 data"):
-        paths = make_data(cfg, out)
+        paths = make_data(cfg, out, progress)
     degraded = {}
     if cfg.write_degraded_copies:
         with timer("2 degraded copies (isp_sim degrade)"):

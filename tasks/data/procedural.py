@@ -218,7 +218,7 @@ def _encode(mask: np.ndarray) -> tuple[dict, list[float], int]:
     return rle, bbox, area
 
 
-def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int) -> Path:
+def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int, progress: bool = True) -> Path:
     from isp_sim.io import write_image
 
     img_dir = out / split
@@ -226,7 +226,7 @@ def _write_split(spec: ProceduralSpec, out: Path, split: str, n: int) -> Path:
     categories = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(spec.classes)]
     cat_id = {c["name"]: c["id"] for c in categories}
     images, annotations = [], []
-    for i in tqdm(range(n), desc=f"procedural {split}", leave=False, disable=n < 50):
+    for i in tqdm(range(n), desc=f"procedural {split}", leave=False, disable=n < 50 or not progress):
         rng = np.random.default_rng([spec.seed, _SPLIT_ID[split], i])
         img, objs = render_image(spec, rng)
         name = f"{i:06d}.{spec.image_format}"
@@ -260,8 +260,9 @@ def _spec_dict(spec: ProceduralSpec) -> dict:
 
 
 def make_dataset(out_dir: str | os.PathLike, n_train: int = 400, n_val: int = 100, seed: int = 0,
-                 image_size: int = 160, overwrite: bool = False, **spec_kwargs) -> dict[str, dict[str, str]]:
-    """Generate (or reuse, when ``out_dir/meta.json`` matches) the dataset.
+                 image_size: int = 160, overwrite: bool = False, progress: bool = True,
+                 **spec_kwargs) -> dict[str, dict[str, str]]:
+    """Generate (or reuse, when ``out_dir/meta.json`` matches) the dataset (``progress``: tqdm bars).
 
     Returns ``{"train": {"images": dir, "annotations": json}, "val": {...}}`` with absolute paths.
     """
@@ -283,7 +284,7 @@ def make_dataset(out_dir: str | os.PathLike, n_train: int = 400, n_val: int = 10
     if meta_path.exists():
         meta_path.unlink()  # invalidate until the new generation is complete
     for split, n in (("train", spec.n_train), ("val", spec.n_val)):
-        _write_split(spec, out, split, n)
+        _write_split(spec, out, split, n, progress)
     _atomic_json(meta_path, want)
     log.info("wrote procedural dataset (%d train, %d val) to %s", spec.n_train, spec.n_val, out)
     return paths
