@@ -34,3 +34,13 @@ def photos():
 def psnr(a, b) -> float:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: on a small shared CPU several threads mostly spin and cost far more CPU
+    time (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -82,3 +82,71 @@ def test_plain_baseline_same_encoder_decoder():
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     y, feats = plain(x)
     assert y.shape == x.shape and list(feats) == list(SCALES)
+
+
+def test_restoration_decoder_starts_as_identity():
+    """R(r+, x) = x + head(...) with a zero head: at initialisation restore(x) == x (DiR and the plain baseline),
+    also after the align stage has copied D*'s representation path into R."""
+    from dir.model import DfRAutoencoder
+    x = torch.rand(2, 3, 45, 77, generator=torch.Generator().manual_seed(4)) * 0.9 + 0.05
+    net = build_dirnet(TINY, seed=1).eval()
+    plain = init_weights(PlainEncDec(TINY), 2).eval()
+    dfr = init_weights(DfRAutoencoder(TINY), 3)
+    torch.nn.init.normal_(dfr.decoder.head.weight, std=0.1)  # a D* that is not the identity
+    net.decoder.init_from_dfr(dfr.decoder)
+    assert torch.equal(net.decoder.up2.conv.weight, dfr.decoder.up2.conv.weight)
+    assert not torch.equal(net.decoder.head.weight, dfr.decoder.head.weight)  # R keeps its own zero head
+    with torch.no_grad():
+        for y in (net.restore(x, clamp=False), net.restore(x), plain(x)[0], plain.restore(x)):
+            assert y.shape == x.shape
+            torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
+        # the output does depend on the representation once the head is non-zero
+        torch.nn.init.normal_(net.decoder.head.weight, std=0.1)
+        f = net.forward_features(x)
+        g = {k: v * 1.5 for k, v in f.items()}
+        assert not torch.allclose(net.decode(f, x), net.decode(g, x))
+
+
+def test_dfr_decoder_has_no_input_path():
+    """D* decodes from the features alone: no input-branch layers, and for fixed features the output is the same
+    whatever image is passed alongside (it cannot copy its input through)."""
+    from dir.model import DfRAutoencoder, RestorationDecoder
+    dfr = init_weights(DfRAutoencoder(TINY), 0)
+    torch.nn.init.normal_(dfr.decoder.head.weight, std=0.1)
+    assert dfr.decoder.input_skip is False
+    names = {n.split(".")[0] for n, _ in dfr.decoder.named_parameters()}
+    assert names == {"top", "fuse", "up1", "up2", "head"}
+    r = DiRNet(TINY).decoder
+    assert r.input_skip and {"skip1", "skip2", "mix1", "mix2"} <= {n.split(".")[0] for n, _ in r.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        f = dfr.encoder(x1)
+        y_size, y1, y2 = dfr.decoder(f, (64, 64)), dfr.decoder(f, x1), dfr.decoder(f, x2)
+    assert torch.equal(y_size, y1) and torch.equal(y1, y2)
+    with pytest.raises(ValueError, match="no input path|must not have"):
+        DiRNet(TINY).decoder.init_from_dfr(RestorationDecoder(TINY.channels, input_skip=True))
+    with pytest.raises(TypeError, match="input image"):
+        r(f, (64, 64))
+
+
+def test_old_decoder_option_and_task_records():
+    """``restore_skip: false`` is the old feature-only decoder (starts from all of D*, head included); a detector's
+    DiR record written before the option existed is rebuilt with it, so old task checkpoints still fit."""
+    import dataclasses
+
+    from dir.model import DfRAutoencoder
+    from tasks.backbones import DetectorConfig, load_dir_body
+    old = ModelConfig(channels=(8, 16, 32, 64), proj_dim=16, restore_skip=False)
+    net = build_dirnet(old, seed=0)
+    assert not net.decoder.input_skip
+    dfr = init_weights(DfRAutoencoder(old), 1)
+    net.decoder.init_from_dfr(dfr.decoder)
+    assert all(torch.equal(a, b) for a, b in zip(net.decoder.state_dict().values(),
+                                                  dfr.decoder.state_dict().values()))
+    record = {k: v for k, v in dataclasses.asdict(old).items() if k != "restore_skip"}
+    cfg = DetectorConfig(backbone="dir", dir_model=dict(record))
+    body = load_dir_body(cfg, weights=False)
+    assert body.cfg.restore_skip is False and cfg.dir_model["restore_skip"] is False
+    cfg_new = DetectorConfig(backbone="dir", dir_model={"channels": [8, 16, 32, 64], "proj_dim": 16})
+    assert load_dir_body(cfg_new, weights=False).cfg.restore_skip is True

@@ -82,6 +82,15 @@ def test_pipeline_checkpoints_and_mismatch(tmp_path):
         train_stage(cfg, st, TOY, progress=False)
     net = load_dirnet(output_path(cfg, "restore"))
     assert bool(net.ref_stats_valid)
+    # R's start: re-initialised (decoder_init: scratch, the default) or D*'s layers (dfr); both start as y = x
+    from dir.evaluate import load_dfr
+    dstar = load_dfr(output_path(cfg, "dfr")).decoder
+    probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for init, same in (("scratch", False), ("dfr", True)):
+        r = build_stage(tiny_cfg(tmp_path, steps=3, restore={"decoder_init": init}), "restore").net
+        assert torch.equal(r.decoder.up1.conv.weight, dstar.up1.conv.weight) is same
+        with torch.no_grad():
+            torch.testing.assert_close(r.restore(probe, clamp=False), probe, atol=1e-6, rtol=0)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         f = net.forward_features(x)
@@ -95,8 +104,27 @@ def test_pipeline_checkpoints_and_mismatch(tmp_path):
     atomic_save(obj, tmp_path / "bad.pt")
     with pytest.raises(DiRCheckpointError, match="does not match DiRNet"):
         load_dirnet(tmp_path / "bad.pt")
-    with pytest.raises(DiRCheckpointError, match="expected 'dirnet-v1'"):
+    with pytest.raises(DiRCheckpointError, match="expected 'dirnet-v2'"):
         load_dirnet(output_path(cfg, "dfr"))
+    # a v1 file (written before R had its input branch) still loads, with the old feature-only decoder
+    obj = torch.load(output_path(cfg, "restore"), weights_only=True)
+    old_cfg = {k: v for k, v in obj["model_config"].items() if k != "restore_skip"}
+    old_cfg["restore_skip"] = False
+    from dir.model import build_dirnet
+    old_net = build_dirnet(old_cfg, seed=1)
+    old_state = {k: v for k, v in old_net.state_dict().items()}
+    del old_cfg["restore_skip"]
+    atomic_save({"format": "dirnet-v1", "model_config": old_cfg, "state_dict": old_state, "meta": {}},
+                tmp_path / "v1.pt")
+    v1 = load_dirnet(tmp_path / "v1.pt")
+    assert v1.cfg.restore_skip is False and not v1.decoder.input_skip
+    assert all(torch.equal(v, v1.state_dict()[k]) for k, v in old_state.items())
+    # a v1 training checkpoint cannot be resumed: clear error
+    ck = torch.load(tmp_path / "restore/last.pt", weights_only=True)
+    ck["format"] = "dir-train-v1"
+    atomic_save(ck, tmp_path / "restore/last.pt")
+    with pytest.raises(RuntimeError, match="dir-train-v2"):
+        train_stage(cfg, "restore", TOY, progress=False)
     with pytest.raises(DiRCheckpointError, match="not found"):
         load_dirnet(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

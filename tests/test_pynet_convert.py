@@ -16,12 +16,7 @@ from pynet.convert import (ConversionError, convert_tf_checkpoint, export_tf_lay
 from pynet.model import PyNET, TransposedConvLayer, load_pynet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # The TF graph function's layers in creation order: (TF tensor name, kind, largest kernel, norm flag).

@@ -8,13 +8,7 @@ from pynet.data import (PYNET_ORDER, SKIMAGE_TRAIN, SKIMAGE_VAL, ZRR_NORM, DataE
                         ZurichFullResolution, ZurichPatches, embedded_datasets, folder_images, pack_pynet,
                         read_zurich_raw)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 

@@ -10,13 +10,7 @@ from pynet.infer import (_ramp, infer_tiled, infer_whole, pad_to_multiple, psnr_
 from pynet.isp_stage import PyNETISP, linear_to_pynet_packed
 from pynet.model import PyNET
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 

@@ -13,12 +13,7 @@ from pynet.isp_stage import TO_RGGB, PyNETISP, from_rggb_phase, to_rggb_phase
 from pynet.model import PyNET
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def smooth_scene(h=64, w=96):

@@ -7,13 +7,7 @@ import torch
 
 from pynet.losses import (LEVEL_LOSS_WEIGHTS, VGG_SUBSTITUTE, PyNETLoss, VGGPerceptualLoss, ms_ssim, psnr, ssim)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 

@@ -6,13 +6,7 @@ import torch.nn as nn
 from pynet.model import (PARAM_COUNT, PyNET, count_parameters, load_official_checkpoint, load_pynet, model_meta,
                          output_size, strip_module_prefix)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 

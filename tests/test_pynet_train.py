@@ -15,13 +15,7 @@ CONFIGS = sorted((ROOT / "configs" / "pynet").glob("*.yaml"))
 SHARED_RAW = ROOT.parent / "shared" / "data" / "real_raw" / "grbg10_344x256.png"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, several threads mostly spin and cost far more CPU time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _cfg(out_dir, schedule, **extra):
