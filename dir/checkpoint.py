@@ -17,7 +17,11 @@ from torch import nn
 
 from .config import model_config_from_dict
 
-DIRNET_FORMAT = "dirnet-v1"
+# v2: the restoration decoder R has a full-resolution input branch and a global residual (y = x + R(r+, x)).
+DIRNET_FORMAT = "dirnet-v2"
+# v1 files (decoder from the features only) still load: their model is rebuilt with model.restore_skip = False.
+_OLD_FORMATS = {"dirnet-v1": ("dirnet-v2", {"restore_skip": False}),
+                "dir-plain-v1": ("dir-plain-v2", {"restore_skip": False})}
 
 
 class DiRCheckpointError(RuntimeError):
@@ -101,12 +105,18 @@ def load_model_file(path: str | Path, kind: str) -> tuple[dict, dict, dict]:
     """Read a model file of format ``kind`` -> ``(model_config dict, state_dict, meta)``."""
     obj = load_file(path)
     fmt = obj.get("format")
-    if fmt != kind:
+    old = _OLD_FORMATS.get(fmt)
+    if fmt != kind and not (old and old[0] == kind):
         raise DiRCheckpointError(f"{path} holds a {fmt!r} checkpoint, expected {kind!r}")
     for key in ("model_config", "state_dict"):
         if key not in obj:
             raise DiRCheckpointError(f"{path} lacks {key!r}")
-    return obj["model_config"], obj["state_dict"], obj.get("meta", {})
+    mcfg = obj["model_config"]
+    if fmt != kind:  # an older format of the same kind: rebuild its architecture as it was
+        if not isinstance(mcfg, dict):
+            raise DiRCheckpointError(f"{path}: stored model config is not a mapping")
+        mcfg = {**mcfg, **old[1]}
+    return mcfg, obj["state_dict"], obj.get("meta", {})
 
 
 def load_dirnet(path: str | Path, map_location: str | torch.device = "cpu", expect_config=None):

@@ -24,7 +24,11 @@ class ModelConfig:
     pilot_width: width multiplier of the pilot encoder relative to ``channels`` (0 < w <= 1).
     pilot_init: "dfr" (start the pilot from the trained DfR encoder E*; needs pilot_width 1) or "scratch".
     decoder_channels: decoder widths at strides 4/8/16/32 (None = same as ``channels``).
-    proj_dim: output width of the MI projection heads. norm: "none" (default), "gn" (GroupNorm with ``gn_groups``
+    proj_dim: output width of the MI projection heads.
+    restore_skip: give the restoration decoder R (and, like for like, the plain baseline's decoder) a shallow
+    full-resolution branch on the degraded input and a global residual, ``y = x + R(r+, x)`` (default True; False is
+    the old decoder that sees the features only, ``y = R(r+)``; files written before this option load with False).
+    The DfR decoder D* never has an input path. norm: "none" (default), "gn" (GroupNorm with ``gn_groups``
     groups, clipped to divide the channels) or "bn" (BatchNorm).
     """
 
@@ -36,6 +40,7 @@ class ModelConfig:
     proj_dim: int = 64
     gn_groups: int = 8
     norm: str = "none"
+    restore_skip: bool = True
 
     def __post_init__(self) -> None:
         if self.norm not in ("none", "gn", "bn"):
@@ -54,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"model.pilot_init must be 'dfr' or 'scratch', got {self.pilot_init!r}")
         if self.pilot_init == "dfr" and float(self.pilot_width) != 1.0:
             raise ValueError("model.pilot_init 'dfr' needs model.pilot_width 1.0 (the pilot copies E*)")
+        if not isinstance(self.restore_skip, bool):
+            raise ValueError(f"model.restore_skip must be true or false, got {self.restore_skip!r}")
         if int(self.proj_dim) < 1 or int(self.gn_groups) < 1:
             raise ValueError("model.proj_dim and model.gn_groups must be >= 1")
 
@@ -127,8 +134,10 @@ class LossConfig:
 class StageConfig:
     """Optimisation of one stage: steps (optimizer updates; 0 skips the stage), batch_size (global, split over
     ranks), lr (peak; 5% linear warm-up then cosine decay to 5%), weight_decay, grad_clip (max grad norm, 0 = off),
-    ckpt_every / log_every (steps). Restore stage only: finetune_alignment (also train P and A) and
-    finetune_lr_mult (their learning rate relative to the decoder's)."""
+    ckpt_every / log_every (steps). Restore stage only: finetune_alignment (also train P and A),
+    finetune_lr_mult (their learning rate relative to the decoder's) and decoder_init: "scratch" (default: R
+    re-initialised from the seed before the restore stage) or "dfr" (R's representation path starts from D*'s
+    layers, copied at the start of stage align); either way R's head is zero, so it starts as y = x."""
 
     steps: int = 300
     batch_size: int = 16
@@ -139,12 +148,15 @@ class StageConfig:
     log_every: int = 10
     finetune_alignment: bool = True  # restore stage only: also update pilot + alignment ...
     finetune_lr_mult: float = 0.5  # ... with learning rate lr * finetune_lr_mult
+    decoder_init: str = "scratch"  # restore stage only: "scratch" or "dfr"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"bad stage settings: steps={self.steps} batch_size={self.batch_size} lr={self.lr}")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise ValueError("ckpt_every and log_every must be >= 1")
+        if self.decoder_init not in ("dfr", "scratch"):
+            raise ValueError(f"decoder_init must be 'dfr' or 'scratch', got {self.decoder_init!r}")
 
 
 @dataclass

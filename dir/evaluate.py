@@ -3,7 +3,10 @@
 1. Blind restoration on held-out images, degraded by isp_sim's ``CompositeISP`` on the ``seen`` and ``unseen``
    splits (and by each single degradation at a fixed severity): PSNR / SSIM (``skimage.metrics``, data range 1,
    against the clean sRGB crop) of the degraded input, of the plain encoder-decoder, of DiR, and of two ablations:
-   ``DiR w/o restore stage`` (D*(r+): alignment only, decoder frozen from the DfR) and ``pilot only`` (D*(r->)).
+   ``DiR w/o restore stage`` (D*(r+): alignment only, decoder frozen from the DfR) and ``pilot only`` (D*(r->)),
+   plus two diagnostics of DiR's trained R with other inputs in place of r+ (no retraining): ``R(r->, x)`` (the
+   pilot estimate, i.e. the alignment network bypassed) and ``R(mu*, x)`` (the stored, spatially constant channel
+   means of r*, so only R's input branch carries image information).
 2. Representation check: for each clean crop, V differently degraded views; the mean cosine similarity between
    the flattened feature maps of two views of the *same* crop (over all view pairs), per scale, for DiR's r+,
    r0 (MMI encoder), r-> (pilot) and the plain encoder's features; plus the same for views of *different* crops as a
@@ -33,8 +36,10 @@ from .losses import moment_loss, relative_l1
 from .model import SCALES, DfRAutoencoder, PlainEncDec
 from .train import FORMATS, output_path
 
-METHODS = ("input", "plain", "dir", "dir_no_restore", "pilot_only")
+METHODS = ("input", "plain", "dir", "dir_pilot_rep", "dir_const_rep", "dir_no_restore", "pilot_only")
 LABELS = {"input": "degraded input", "plain": "plain enc-dec", "dir": "DiR (full)",
+          "dir_pilot_rep": "DiR's R on the pilot estimate, R(r->, x)",
+          "dir_const_rep": "DiR's R with r+ replaced by its mean, R(mu*, x)",
           "dir_no_restore": "DiR w/o restore stage (D*(r+))", "pilot_only": "pilot only (D*(r->))"}
 
 
@@ -103,10 +108,19 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: st
     ev = cfg.eval
 
     def restore_all(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        rp = dir_align.pilot_features(x)
-        return {"input": x, "plain": plain.restore(x), "dir": dirnet.restore(x),
-                "dir_no_restore": dir_align.restore(x),
-                "pilot_only": dir_align.decode(rp, x.shape[-2:]).clamp(0, 1)}
+        # the two ablations decode with the frozen DfR decoder D* (features only, no input path); the DiRNet in
+        # dirnet_align.pt has a fresh R that is still the identity, so its restore() would just return x
+        size = x.shape[-2:]
+        _, rpilot, rplus = dirnet.representations(x)
+        # diagnostic: how much of R's output comes through r+ (vs. its input branch): r+ replaced by the stored
+        # channel means of r* (spatially constant, no image information)
+        mu = dirnet.reference_stats()[0]
+        const = {k: mu[k].view(1, -1, 1, 1).expand_as(f) for k, f in rplus.items()}
+        return {"input": x, "plain": plain.restore(x), "dir": dirnet.decode(rplus, x).clamp(0, 1),
+                "dir_pilot_rep": dirnet.decode(rpilot, x).clamp(0, 1),
+                "dir_const_rep": dirnet.decode(const, x).clamp(0, 1),
+                "dir_no_restore": dfr.decoder(dir_align.forward_features(x), size).clamp(0, 1),
+                "pilot_only": dfr.decoder(dir_align.pilot_features(x), size).clamp(0, 1)}
 
     conditions = [(f"composite:{s}", make_degrader(s)) for s in ev.splits]
     conditions += [(f"{n}@{ev.severity}", make_single_degrader(n, ev.severity)) for n in ev.single]
@@ -142,7 +156,7 @@ def evaluate(cfg: DiRConfig, device: str = "cpu", progress: bool = True, tag: st
         restoration[cond] = {m: {k: _summary(v) for k, v in d.items()} for m, d in scores.items()}
         paired[cond] = {f"{a}-{b}": _paired(scores[a]["psnr"], scores[b]["psnr"])
                         for a, b in (("dir", "plain"), ("dir", "input"), ("plain", "input"),
-                                     ("pilot_only", "plain"))}
+                                     ("pilot_only", "plain"), ("dir", "dir_const_rep"))}
         if progress:
             print(f"[dir eval] {cond}: " + ", ".join(
                 f"{m} {restoration[cond][m]['psnr']['mean']:.2f} dB" for m in METHODS))

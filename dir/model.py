@@ -11,7 +11,9 @@ Networks (all take/return ``(B, C, H, W)`` float tensors; images are gamma-encod
   a lighter one trained from scratch).
 * :class:`AlignBlock` ``A_s`` (one per scale) - ``r+_s = A_s(r0_s, r->_s) = r->_s + correction(r0_s, r->_s)``, a
   FiLM-conditioned residual refinement.
-* :class:`RestorationDecoder` ``R`` / ``D*`` - U-Net-style decoder from the 4-scale representation to sRGB.
+* :class:`RestorationDecoder` ``R`` / ``D*`` - U-Net-style decoder from the 4-scale representation to sRGB;
+  ``R`` (and the plain baseline's decoder) also has a shallow full-resolution branch on the degraded input and a
+  global residual, ``y = x + R(r+, x)``; the DfR decoder ``D*`` has no input path.
 * :class:`DiRNet` - E, P, A, R bundled for inference: :meth:`DiRNet.forward_features` returns ``r+``,
   :meth:`DiRNet.restore` the restored image.
 * :class:`PlainEncDec` - the same-size encoder-decoder baseline trained directly on degraded -> clean.
@@ -120,14 +122,29 @@ class DiREncoder(nn.Module):
 
 
 class RestorationDecoder(nn.Module):
-    """U-Net-style decoder: 4-scale features (channels ``in_channels``) -> sRGB ``(B,3,H,W)`` at ``out_size``.
+    """U-Net-style decoder: 4-scale features (channels ``in_channels``) -> sRGB ``(B,3,H,W)``.
 
-    Top-down: ``d32 = conv(f32)``; ``d_s = conv([up(d_{2s}), f_s])`` for s = 16, 8, 4; then two x2 upsampling
-    conv stages to full resolution and a 3x3 conv to RGB (+0.5 offset, unclamped during training)."""
+    Representation path (shared by both variants): ``d32 = conv(f32)``; ``d_s = conv([up(d_{2s}), f_s])`` for
+    s = 16, 8, 4; ``d2 = up1(up(d4))`` (stride 2, ``c_half`` channels); ``d1 = up2(up(d2))`` (full resolution,
+    ``c_full`` channels).
 
-    def __init__(self, in_channels=(32, 64, 128, 256), dec_channels=None, groups: int = 8, norm: str = "none"):
+    * ``input_skip=False`` (the DfR decoder D*): ``y = head(d1) + 0.5``. It sees *only* the features, so it cannot
+      pass its input image through: the representation r* must carry the content. Call as ``dec(feats, out_size)``.
+    * ``input_skip=True`` (the restoration decoder R of DiR and the plain baseline's decoder): a shallow branch on
+      the degraded input ``x`` gives full-resolution features ``s1 = skip1(x)`` (two 3x3 conv-ReLU) and stride-2
+      features ``s2 = skip2(s1)`` (3x3 stride-2 conv-ReLU); they are fused into the last two stages,
+      ``d2 = mix2([up1(up(d4)), s2])``, ``d1 = mix1([up2(up(d2)), s1])`` (3x3 conv-ReLU), and the output is a
+      global residual ``y = x + head(d1)``. ``head`` is zero-initialised, so the decoder starts as the identity
+      ``y = x`` (the degraded input's PSNR) and learns the correction. Call as ``dec(feats, x)``.
+
+    The layers of the representation path have the same names and shapes in both variants, so R can be started
+    from D* with :meth:`init_from_dfr` (the skip branch, the mixers and the head stay fresh)."""
+
+    def __init__(self, in_channels=(32, 64, 128, 256), dec_channels=None, groups: int = 8, norm: str = "none",
+                 input_skip: bool = False):
         super().__init__()
         dec = tuple(dec_channels or in_channels)
+        self.input_skip = bool(input_skip)
         self.top = ConvModule(in_channels[3], dec[3], 3, 1, 1, norm_cfg=_norm(dec[3], norm, groups))
         self.fuse = nn.ModuleList([
             ConvModule(dec[i + 1] + in_channels[i], dec[i], 3, 1, 1, norm_cfg=_norm(dec[i], norm, groups))
@@ -135,22 +152,61 @@ class RestorationDecoder(nn.Module):
         c_half, c_full = max(dec[0] // 2, 8), max(dec[0] // 4, 8)
         self.up1 = ConvModule(dec[0], c_half, 3, 1, 1, norm_cfg=_norm(c_half, norm, groups))
         self.up2 = ConvModule(c_half, c_full, 3, 1, 1, norm_cfg=None)
+        if self.input_skip:
+            # no normalisation on the full-resolution path: it must keep the absolute intensity of x
+            self.skip1 = nn.Sequential(ConvModule(3, c_full, 3, 1, 1, norm_cfg=None),
+                                       ConvModule(c_full, c_full, 3, 1, 1, norm_cfg=None))
+            self.skip2 = ConvModule(c_full, c_half, 3, 2, 1, norm_cfg=None)
+            self.mix2 = ConvModule(2 * c_half, c_half, 3, 1, 1, norm_cfg=None)
+            self.mix1 = ConvModule(2 * c_full, c_full, 3, 1, 1, norm_cfg=None)
         self.head = nn.Conv2d(c_full, 3, 3, 1, 1)
-        self.head._zero_init = True  # starts as a constant grey (0.5) image
+        # zero head: D* starts as a constant grey (0.5) image, R as the identity y = x
+        self.head._zero_init = True
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, feats: dict, out_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, feats: dict, x_or_size) -> torch.Tensor:
+        """``feats``: dict ``s4..s32``. Second argument: the degraded input ``x (B,3,H,W)`` when ``input_skip``
+        (required), else the output size ``(H, W)`` (a tensor is accepted too; only its size is used)."""
+        if self.input_skip:
+            if not isinstance(x_or_size, torch.Tensor) or x_or_size.ndim != 4:
+                raise TypeError("a decoder with input_skip needs the input image x (B,3,H,W) as second argument")
+            x = x_or_size
+            out_size = tuple(x.shape[-2:])
+            s1 = self.skip1((x - 0.5) / 0.25)
+            s2 = self.skip2(s1)
+        else:
+            x = None
+            out_size = tuple(x_or_size.shape[-2:]) if isinstance(x_or_size, torch.Tensor) else tuple(x_or_size)
         d = self.top(feats["s32"])
         for conv, key in zip(self.fuse, ("s16", "s8", "s4")):
             f = feats[key]
             d = F.interpolate(d, size=f.shape[-2:], mode="bilinear", align_corners=False)
             d = conv(torch.cat([d, f], 1))
         h4, w4 = d.shape[-2:]
-        d = self.up1(F.interpolate(d, size=(min(2 * h4, out_size[0]), min(2 * w4, out_size[1])),
-                                   mode="bilinear", align_corners=False))
-        d = self.up2(F.interpolate(d, size=tuple(out_size), mode="bilinear", align_corners=False))
+        half = s2.shape[-2:] if x is not None else (min(2 * h4, out_size[0]), min(2 * w4, out_size[1]))
+        d = self.up1(F.interpolate(d, size=tuple(half), mode="bilinear", align_corners=False))
+        if x is not None:
+            d = self.mix2(torch.cat([d, s2], 1))
+        d = self.up2(F.interpolate(d, size=out_size, mode="bilinear", align_corners=False))
+        if x is not None:
+            return x + self.head(self.mix1(torch.cat([d, s1], 1)))
         return self.head(d) + 0.5
+
+    SHARED = ("top", "fuse", "up1", "up2")
+
+    @torch.no_grad()
+    def init_from_dfr(self, dfr_decoder: "RestorationDecoder") -> None:
+        """Copy the representation-path layers (``top``, ``fuse``, ``up1``, ``up2``) of the DfR decoder D*; the
+        input branch, the mixers and the (zero) head keep their initialisation, so R still starts as ``y = x``.
+        Without ``input_skip`` (the old decoder) the whole of D*, head included, is copied."""
+        if dfr_decoder.input_skip:
+            raise ValueError("the DfR decoder must not have an input path")
+        if not self.input_skip:
+            self.load_state_dict(dfr_decoder.state_dict())
+            return
+        for name in self.SHARED:
+            getattr(self, name).load_state_dict(getattr(dfr_decoder, name).state_dict())
 
 
 class Pilot(nn.Module):
@@ -227,17 +283,19 @@ class DfRAutoencoder(nn.Module):
 
 
 class PlainEncDec(nn.Module):
-    """Baseline: the same encoder and decoder as DiR, trained directly on degraded -> clean (L1).
+    """Baseline: the same encoder and decoder as DiR (with the same input branch and global residual,
+    ``y = x + Dec(E(x), x)``), trained directly on degraded -> clean (L1).
     ``forward(x)`` returns ``(restored (B,3,H,W), encoder features)``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.encoder = DiREncoder(cfg.channels, cfg.blocks, cfg.gn_groups, cfg.norm)
-        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups, cfg.norm)
+        self.decoder = RestorationDecoder(cfg.channels, cfg.decoder_channels, cfg.gn_groups, cfg.norm,
+                                          input_skip=cfg.restore_skip)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
         feats = self.encoder(x)
-        return self.decoder(feats, x.shape[-2:]), feats
+        return self.decoder(feats, x), feats
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +323,8 @@ class DiRNet(nn.Module):
         self.encoder = DiREncoder(ch, cfg.blocks, cfg.gn_groups, cfg.norm)
         self.pilot = Pilot(ch, cfg.pilot_width, cfg.gn_groups, cfg.norm, cfg.blocks)
         self.align = nn.ModuleDict({k: AlignBlock(c, c, cfg.gn_groups, cfg.norm) for k, c in zip(SCALES, ch)})
-        self.decoder = RestorationDecoder(ch, cfg.decoder_channels, cfg.gn_groups, cfg.norm)
+        self.decoder = RestorationDecoder(ch, cfg.decoder_channels, cfg.gn_groups, cfg.norm,
+                                          input_skip=cfg.restore_skip)
         self.out_channels = OrderedDict(zip(SCALES, [int(c) for c in ch]))
         self.strides = dict(STRIDES)
         for k, c in zip(SCALES, ch):
@@ -321,13 +380,14 @@ class DiRNet(nn.Module):
         """Same as :meth:`forward_features` (so DiRNet can serve directly as a backbone body)."""
         return self.forward_features(x)
 
-    def decode(self, feats: dict, out_size: tuple[int, int]) -> torch.Tensor:
-        """R(r+) -> sRGB (unclamped), at ``out_size`` (H, W)."""
-        return self.decoder(feats, out_size)
+    def decode(self, feats: dict, x: torch.Tensor) -> torch.Tensor:
+        """``R(feats, x) = x + head(...)`` -> sRGB (unclamped) at x's size; ``feats`` is normally r+(x)."""
+        return self.decoder(feats, x)
 
     def restore(self, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Blind restoration: ``R(r+(x))``, sRGB ``(B,3,H,W)``, clamped to [0,1] unless ``clamp=False``."""
-        y = self.decode(self.forward_features(x), x.shape[-2:])
+        """Blind restoration: ``y = R(r+(x), x) = x + head(...)``, sRGB ``(B,3,H,W)``, clamped to [0,1] unless
+        ``clamp=False``."""
+        y = self.decode(self.forward_features(x), x)
         return y.clamp(0, 1) if clamp else y
 
     # --- task-aligned refinement ------------------------------------------------------------------------------

@@ -250,6 +250,10 @@ def _comparable(cfg: DiRConfig, stage: str) -> dict:
     st = dict(d["plain" if stage == "plain" else stage])
     for k in ("steps", "ckpt_every", "log_every"):
         st.pop(k, None)
+    # decoder_init only concerns stage restore; "dfr" (R from D*) was the only behaviour before the option existed,
+    # so it is left out and such checkpoints stay comparable
+    if stage != "restore" or st.get("decoder_init") == "dfr":
+        st.pop("decoder_init", None)
     data = dict(d["data"])
     data.pop("num_workers", None)
     return {"model": d["model"], "data": data, "loss": d["loss"], "stage": st, "seed": d["run"]["seed"]}
@@ -305,6 +309,10 @@ def build_stage(cfg: DiRConfig, stage: str) -> nn.Module:
         mod = RestoreStage(m, lc, cfg.restore.finetune_alignment)
         _, st, _ = load_model_file(_need(cfg, "align", stage), DIRNET_FORMAT)
         load_state_strict(mod.net, st, "dirnet_align.pt")
+        if cfg.restore.decoder_init == "scratch":
+            # R from its own seeded initialisation, replacing the D* layers copied in stage align (zero head: still
+            # y = x at step 0)
+            init_weights(mod.net.decoder, image_seed(seed, "init/restore_decoder"))
         mod.freeze_pretrained()
     else:
         raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")

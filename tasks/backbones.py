@@ -189,12 +189,27 @@ def load_dir_body(cfg: DetectorConfig, weights: bool = True) -> nn.Module:
         return net
     from dir.model import build_dirnet
 
-    net = build_dirnet(dict(cfg.dir_model))
+    dir_model = dict(cfg.dir_model)
+    if _is_pre_restore_skip_record(dir_model):
+        # recorded (every field) before dir's ModelConfig got ``restore_skip``: the DiRNet then had the old
+        # restoration decoder, so rebuild that one and the detector's stored weights fit (detection never uses it)
+        dir_model["restore_skip"] = False
+        cfg.dir_model = dir_model
+    net = build_dirnet(dir_model)
     model_cfg = getattr(net, "cfg", None)
     if model_cfg is not None and dataclasses.is_dataclass(model_cfg):
         # record every architecture field, so checkpoints do not depend on dir's defaults of the day
         cfg.dir_model = _plain(dataclasses.asdict(model_cfg))
     return net
+
+
+_DIR_FIELDS_BEFORE_RESTORE_SKIP = frozenset(
+    ("channels", "blocks", "pilot_width", "pilot_init", "decoder_channels", "proj_dim", "gn_groups", "norm"))
+
+
+def _is_pre_restore_skip_record(dir_model: dict) -> bool:
+    """True for a full DiR architecture record written before ``dir.config.ModelConfig.restore_skip`` existed."""
+    return "restore_skip" not in dir_model and _DIR_FIELDS_BEFORE_RESTORE_SKIP <= set(dir_model)
 
 
 def configure_dir_trainable(body: nn.Module, train_alignment: bool, train_encoder: bool,
