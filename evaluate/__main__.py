@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "demo_quick.yaml)")
     p.add_argument("--config", help="demo YAML (default: the built-in preset = configs/evaluate/demo.yaml)")
     p.add_argument("--out", help="output folder (default: outputs/evaluate_demo[_quick])")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1; see evaluate/README.md)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_demo)
 
