@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from isp_sim.config import build_section, check_sections, read_yaml_mapping
 
@@ -140,6 +141,7 @@ class DemoDetector:
 class DemoConfig:
     out_dir: str = "outputs/evaluate_demo"
     seed: int = 0
+    workers: int = 0  # detector trainings run in parallel processes (0 = CPU count // threads)
     threads: int = 1  # one intra-op thread: measured as fast on 2 free cores (0.23 vs 0.21 s/step), and 5-10x faster when the machine is shared
     data: DemoData = field(default_factory=DemoData)
     dir: DemoDiR = field(default_factory=DemoDiR)
@@ -323,6 +325,67 @@ def train_detector(cfg: DemoConfig, out: Path, backbone: str, dir_ckpt: Path | N
     return final
 
 
+def _train_detector_job(job: tuple) -> tuple[str, list[str], float]:
+    """One detector's training in a worker process (arguments are plain data so that they pickle)."""
+    cfg_dict, out, backbone, dir_ckpt, degr, run_name = job
+    cfg = config_from_dict(cfg_dict, "demo config (worker)")
+    torch.set_num_threads(max(1, cfg.threads))
+    resumed: list[str] = []
+    t = time.perf_counter()
+    ckpt = train_detector(cfg, Path(out), backbone, Path(dir_ckpt) if dir_ckpt else None, False, resumed, degr,
+                          run_name)
+    return str(ckpt), resumed, time.perf_counter() - t
+
+
+def _train_pynet_job(job: tuple) -> tuple[str, dict]:
+    cfg_dict, out = job
+    cfg = config_from_dict(cfg_dict, "demo config (worker)")
+    torch.set_num_threads(max(1, cfg.threads))
+    ckpt, summary = train_pynet(cfg, Path(out), False)
+    return (str(ckpt) if ckpt else ""), summary
+
+
+def train_models(cfg: DemoConfig, out: Path, dir_ckpt: Path | None, progress: bool, resumed: list,
+                 timer: Timer) -> tuple[list[tuple[str, Path]], Path | None, dict]:
+    """Train every detector of ``cfg.detector.models()`` and the PyNET of ``cfg.pynet``: one after the other, or
+    in ``cfg.workers`` spawned processes (``0``: CPU count // ``cfg.threads``). Every training is seeded and
+    single-process, so the results do not depend on the scheduling. Returns (detector checkpoints by tag, PyNET
+    level-0 weights or None, PyNET summary)."""
+    jobs = [(tag, backbone, degr, _RUN_NAMES.get(tag, tag)) for tag, backbone, degr in cfg.detector.models()]
+    workers = cfg.workers or max(1, (os.cpu_count() or 1) // max(1, cfg.threads))
+    workers = min(workers, len(jobs) + 1)
+    ckpts: list[tuple[str, Path]] = []
+    if workers <= 1:
+        for k, (tag, backbone, degr, name) in enumerate(jobs):
+            with timer(f"4{'abcdefgh'[k]} train {tag}"):
+                ckpts.append((tag, train_detector(cfg, out, backbone, dir_ckpt if backbone == "dir" else None,
+                                                  progress, resumed, degr, run_name=name)))
+        with timer("4p train PyNET"):
+            pynet_ckpt, pynet_summary = train_pynet(cfg, out, progress)
+        return ckpts, pynet_ckpt, pynet_summary
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log.info("training %d detectors and PyNET in %d processes (%d thread(s) each)", len(jobs), workers,
+             max(1, cfg.threads))
+    with timer(f"4 train {len(jobs)} detectors + PyNET ({workers} processes in parallel)"):
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            t0 = time.perf_counter()
+            futs = [ex.submit(_train_detector_job, (cfg.to_dict(), str(out), backbone,
+                                                    str(dir_ckpt) if backbone == "dir" and dir_ckpt else "",
+                                                    degr, name))
+                    for tag, backbone, degr, name in jobs]
+            pfut = ex.submit(_train_pynet_job, (cfg.to_dict(), str(out)))
+            for (tag, *_), fut in zip(jobs, tqdm(futs, desc="detectors", disable=not progress, leave=False)):
+                ckpt, res, secs = fut.result()
+                resumed += res
+                log.info("[time] %s trained in %.1f s (done %.1f s after the start)", tag, secs,
+                         time.perf_counter() - t0)
+                ckpts.append((tag, Path(ckpt)))
+            pckpt, pynet_summary = pfut.result()
+    return ckpts, (Path(pckpt) if pckpt else None), pynet_summary
+
+
 def _done_steps(run_dir: Path) -> int:
     try:
         ck = torch.load(run_dir / "model_final.pt", map_location="cpu", weights_only=True)
@@ -382,22 +445,16 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | Path | None = None, p
     with timer("3 DiR pretraining"):
         dir_ckpt = pretrain_dir(cfg, out, paths, progress)
     resumed: list[str] = []
-    models, run_dirs = [], {}
-    for k, (tag, backbone, degr) in enumerate(cfg.detector.models()):
-        with timer(f"4{'abcdefgh'[k]} train {tag}"):
-            ckpt = train_detector(cfg, out, backbone, dir_ckpt if backbone == "dir" else None, progress, resumed,
-                                  degr, run_name=_RUN_NAMES.get(tag, tag))
-        models.append(ModelSpec(tag, ckpt))
-        run_dirs[tag] = ckpt.parent
+    trained, pynet_ckpt, pynet_summary = train_models(cfg, out, dir_ckpt, progress, resumed, timer)
+    models = [ModelSpec(tag, ckpt) for tag, ckpt in trained]
+    run_dirs = {tag: ckpt.parent for tag, ckpt in trained}
     grid_cfg = dataclasses.replace(cfg.grid, degraded_root=str(out / "degraded") if degraded else "",
                                    threads=cfg.threads)
     with timer("5 robustness grid"):
         results = run_grid(models, paths["val"]["annotations"], out / "grid", grid_cfg, paths["val"]["images"],
                            restorer=dir_ckpt, progress=progress)
-    with timer("6a PyNET learned ISP"):
-        pynet_ckpt, pynet_summary = train_pynet(cfg, out, progress)
     real_cfg = dataclasses.replace(cfg.real, pynet_checkpoint=str(pynet_ckpt)) if pynet_ckpt else cfg.real
-    with timer("6b real-camera outputs"):
+    with timer("6 real-camera outputs"):
         real = run_real_camera(models, out / "real_camera", real_cfg, paths["val"]["annotations"],
                                paths["val"]["images"], progress)
     timing = {k: round(v, 1) for k, v in timer.sections.items()}
