@@ -40,11 +40,14 @@ class Condition:
 def parse_severities(text: str) -> list[int]:
     """``"3"``, ``"1,3,5"`` or ``"1..5"`` -> list of ints in 1..5."""
     text = str(text).strip()
-    if ".." in text:
-        a, b = text.split("..", 1)
-        sev = list(range(int(a), int(b) + 1))
-    else:
-        sev = [int(t) for t in text.split(",") if t.strip()]
+    try:
+        if ".." in text:
+            a, b = text.split("..", 1)
+            sev = list(range(int(a), int(b) + 1))
+        else:
+            sev = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        sev = []
     if not sev or any(s not in range(1, 6) for s in sev):
         raise ISPInputError(f"severity must be within 1..5 (e.g. 3, 1,3,5 or 1..5), got {text!r}")
     return sev
@@ -59,18 +62,17 @@ def list_inputs(input_path: Path, image_root: Optional[Path] = None) -> tuple[li
         return [(str(p.relative_to(input_path)), p) for p in files], None
     if input_path.suffix.lower() == ".json":
         try:
-            coco = json.loads(input_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            coco = json.loads(input_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ISPInputError(f"{input_path}: unreadable COCO JSON ({e})") from e
         if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
             raise ISPInputError(f"{input_path}: not a COCO annotation file (no 'images' list)")
+        for i, im in enumerate(coco["images"]):
+            if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not im["file_name"]:
+                raise ISPInputError(f"{input_path}: images[{i}] is not an image entry with a 'file_name' string: "
+                                    f"{str(im)[:200]}")
         root = image_root or guess_coco_image_root(input_path, coco)
-        out = []
-        for im in coco["images"]:
-            if "file_name" not in im:
-                raise ISPInputError(f"{input_path}: image entry without 'file_name': {im}")
-            out.append((im["file_name"], root / im["file_name"]))
-        return out, input_path
+        return [(im["file_name"], root / im["file_name"]) for im in coco["images"]], input_path
     raise ISPInputError(f"{input_path}: input must be an image folder or a COCO JSON file")
 
 
@@ -100,7 +102,7 @@ def _work(args) -> dict:
     try:
         img = read_image(src)
         out, rec = degrade_np(img, make_pipeline(list(names), severity), seed)
-        write_image(dst, out, quality=100)
+        write_image(dst, out, quality=100, subsampling="4:4:4")  # .jpg keeps COCO names: no extra chroma loss
         return {"file": rel, "seed": seed, "ok": True, "record": rec.to_dict()}
     except ISPInputError as e:
         return {"file": rel, "ok": False, "error": str(e)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -86,8 +87,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
-    """Write uint8 (H, W, 3) atomically; the format follows the suffix (JPEG at ``quality``)."""
+def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95,
+                subsampling: Optional[str] = None) -> None:
+    """Write uint8 (H, W, 3) atomically; the format follows the suffix (JPEG/WebP at ``quality``).
+
+    ``subsampling``: JPEG chroma subsampling ``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"``; None keeps the encoder's
+    default (4:2:0 in libjpeg, whatever the quality).
+    """
     from PIL import Image
 
     path = Path(path)
@@ -98,6 +104,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -
     if fmt is None:
         raise ISPInputError(f"{path}: unsupported output image suffix {path.suffix!r}")
     kw = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if subsampling is not None and fmt == "JPEG":
+        codes = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+        if subsampling not in codes:
+            raise ISPInputError(f"{path}: JPEG chroma subsampling must be one of {list(codes)}, got {subsampling!r}")
+        kw["subsampling"] = codes[subsampling]
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format=fmt, **kw)
 
@@ -119,8 +130,8 @@ def find_sidecar(path: Path) -> Optional[dict]:
     candidates += sorted(p for p in path.parent.glob("*.json") if p != direct)
     for c in candidates:
         try:
-            meta = json.loads(c.read_text())
-        except (OSError, json.JSONDecodeError):
+            meta = json.loads(c.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON
             if c == direct:
                 raise ISPInputError(f"{c}: sidecar JSON for {path.name} is not valid JSON")
             continue
@@ -147,9 +158,10 @@ def read_raw(
     """Read a RAW frame into a :class:`RawImage` (see the module docstring for formats).
 
     Explicit keyword arguments override sidecar metadata. ``on_overflow`` decides what happens to counts above
-    the white level: ``"auto"`` (default) clips those that fit the declared bit depth (sensor saturation, counted
-    in ``extra["clipped_overflow"]``) and raises, naming the file, for values the bit depth cannot hold (wrong
-    metadata); ``"error"`` raises for any; ``"clip"`` clips all.
+    the white level: ``"auto"`` (default) clips those that fit the bit depth (sensor saturation, counted in
+    ``extra["clipped_overflow"]``) and raises, naming the file, for values the bit depth cannot hold (wrong
+    metadata); ``"error"`` raises for any; ``"clip"`` clips all. Without a declared bit depth (LibRaw files,
+    headerless dumps given only a white level) it is the smallest that holds the white level (4095 -> 12 bits).
     """
     path = Path(path)
     _check_file(path)
@@ -223,7 +235,7 @@ def _read_headerless(path: Path, overrides: dict) -> RawImage:
         state = "truncated" if size < expected else "larger than expected"
         raise ISPInputError(f"{path}: file is {state}: {size} bytes, expected {expected} for {w}x{h} {np_dtype}")
     counts = np.fromfile(path, dtype=np_dtype).reshape(h, w)
-    if bit_depth is None:
+    if bit_depth is None and meta.get("white_level") is None:  # the container's range is all we know
         meta["bit_depth"] = 8 * np_dtype.itemsize
     return _raw_from_meta(path, counts, meta)
 
@@ -304,12 +316,13 @@ def _handle_overflow(raw: RawImage, on_overflow: str) -> RawImage:
     n = int((raw.counts > raw.white_level).sum())
     if not n:
         return raw
-    container_max = (2 ** raw.bit_depth - 1) if raw.bit_depth else raw.white_level
+    bits = raw.bit_depth or max(1, math.ceil(math.log2(raw.white_level + 1)))
+    container_max = 2 ** bits - 1
     vmax = raw.counts.max()
     if on_overflow == "error" or (on_overflow == "auto" and vmax > container_max):
         raise ISPInputError(
             f"{raw.path}: {n} values exceed the white level {raw.white_level:g} (max {vmax}"
-            + (f", above the {raw.bit_depth}-bit range" if raw.bit_depth and vmax > container_max else "")
+            + (f", above the {bits}-bit range" if vmax > container_max else "")
             + "); the metadata (bit depth / white level) is wrong: pass the right white_level, or "
             "on_overflow='clip' (CLI --clip-overflow) to clip them")
     raw.counts = np.minimum(raw.counts, np.asarray(raw.white_level).astype(raw.counts.dtype))

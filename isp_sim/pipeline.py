@@ -128,9 +128,11 @@ class Pipeline:
             outs.append(self.run_raw(raw, cameras, pp))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def run_raw(self, raw: torch.Tensor, cameras: Sequence[tuple], plans: Sequence[_Plan]) -> torch.Tensor:
+    def run_raw(self, raw: torch.Tensor, cameras: Sequence[tuple], plans: Sequence[_Plan],
+                pattern: Optional[str] = None) -> torch.Tensor:
         """Degrade linear RAW ``(B, 1, H, W)`` in [0, 1] and render it; ``cameras``: per-image (wb_gains (3,),
-        cam_to_rgb (3, 3)) of the correct ISP settings."""
+        cam_to_rgb (3, 3)) of the correct ISP settings; ``pattern``: the mosaic's Bayer pattern (default: the
+        pipeline's)."""
         raws, settings = [], []
         for i, p in enumerate(plans):
             x = raw[i:i + 1]
@@ -144,7 +146,7 @@ class Pipeline:
                     s = d.configure(s, params)
             raws.append(x)
             settings.append(s)
-        out = self._render(torch.cat(raws), settings)
+        out = self._render(torch.cat(raws), settings, pattern or self.pattern)
         final = []
         for i, p in enumerate(plans):
             y = out[i:i + 1]
@@ -156,18 +158,18 @@ class Pipeline:
 
     def degrade_raw_image(self, raw_image, seed: int) -> tuple[torch.Tensor, ImageRecord]:
         """Degrade a real :class:`~isp_sim.raw.RawImage` (its own WB and colour matrix are the correct settings)
-        -> (sRGB (1, 3, H, W), record)."""
+        -> (sRGB (1, 3, H, W), record). The frame's own Bayer pattern is used, whatever the pipeline's."""
         plan = self.plan(int(seed))
         x = raw_image.tensor()
         cam = (raw_image.gains_or_gray_world(), raw_image.cam_to_srgb())
-        return self.run_raw(x, [cam], [plan]), plan.record
+        return self.run_raw(x, [cam], [plan], raw_image.pattern), plan.record
 
-    def _render(self, raw: torch.Tensor, settings: list[dict]) -> torch.Tensor:
+    def _render(self, raw: torch.Tensor, settings: list[dict], pattern: str) -> torch.Tensor:
         dev, dt = raw.device, raw.dtype
         gamma = torch.tensor([s["gamma"] for s in settings], device=dev, dtype=dt)
         tone = torch.tensor([s["tone"] for s in settings], device=dev, dtype=dt)
         if self.isp is not None:
-            return self._render_learned(raw, settings, gamma, tone)
+            return self._render_learned(raw, settings, gamma, tone, pattern)
         wb = torch.tensor(np.stack([s["wb_gains"] for s in settings]), device=dev, dtype=dt)
         ccm = torch.tensor(np.stack([s["cam_to_rgb"] for s in settings]), device=dev, dtype=dt)
         out = torch.empty(raw.shape[0], 3, *raw.shape[-2:], device=dev, dtype=dt)
@@ -175,18 +177,18 @@ class Pipeline:
         for m in dict.fromkeys(methods):  # one batched ISP call per demosaic method
             idx = [i for i, mm in enumerate(methods) if mm == m]
             sel = torch.tensor(idx, device=dev)
-            out[sel] = process(raw[sel], wb[sel], ccm[sel], self.pattern, m, gamma[sel], tone[sel])
+            out[sel] = process(raw[sel], wb[sel], ccm[sel], pattern, m, gamma[sel], tone[sel])
         return out
 
-    def _render_learned(self, raw, settings, gamma, tone):
+    def _render_learned(self, raw, settings, gamma, tone, pattern):
         from .bayer import cfa_masks
 
         if any(s["demosaic"] != self.demosaic for s in settings):
             raise ISPInputError("the demosaic degradation cannot be combined with a learned ISP (it demosaics itself)")
         factors = torch.tensor(np.stack([s["wb_error"] for s in settings]), device=raw.device, dtype=raw.dtype)
-        m = cfa_masks(self.pattern, raw.shape[-2], raw.shape[-1], raw.device, raw.dtype)
+        m = cfa_masks(pattern, raw.shape[-2], raw.shape[-1], raw.device, raw.dtype)
         x = (raw * torch.einsum("bc,chw->bhw", factors, m)[:, None]).clamp(0, 1)
-        y = self.isp(x, self.pattern).clamp(0, 1)
+        y = self.isp(x, pattern).clamp(0, 1)
         y = gamma_encode(gamma_decode(y, 2.2), gamma)
         return apply_tone(y, tone - 1.0)
 

@@ -51,6 +51,9 @@ class RawImage:
             raise ISPInputError(f"{where}: black_level needs 1 or 4 values, got {self.black_level!r}")
         self.black_level = tuple(float(v) for v in bl)
         self.white_level = float(self.white_level)
+        if not np.all(np.isfinite(bl)) or not np.isfinite(self.white_level):
+            raise ISPInputError(f"{where}: black level {self.black_level} and white level {self.white_level} "
+                                "must be finite numbers (NaN or Inf in the metadata)")
         if self.white_level <= max(self.black_level):
             raise ISPInputError(
                 f"{where}: white level {self.white_level} must exceed the black level {max(self.black_level)}")

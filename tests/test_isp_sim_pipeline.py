@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import COCO_TINY, REAL_RAW, REPO, need_shared, psnr
 
+from isp_sim.bayer import mosaic
 from isp_sim.degradations import DEGRADATIONS, build_degradation, degradation_names
 from isp_sim.errors import ISPInputError
 from isp_sim.io import camera_render, read_raw, read_zurich_png, write_dng
@@ -16,13 +17,16 @@ from isp_sim.pipeline import SPLITS, CompositeISP, Pipeline, degrade_np, make_pi
 from isp_sim.raw import RawImage
 
 
-@pytest.mark.parametrize("name", degradation_names())
-def test_severity_is_monotone_and_recorded(name, photos):
+@pytest.mark.parametrize("name,variant", [(n, None) for n in degradation_names()]
+                         + [("noise", "eld"), ("white_balance", "tint"), ("gamma", "tone")])  # + held-out variants
+def test_severity_is_monotone_and_recorded(name, variant, photos):
     """Higher severity -> lower PSNR against the clean input (mean over 4 real photos and 2 seeds)."""
     x = photos[:, :, :96, :96]
     scores = []
     for sev in range(1, 6):
-        vals = [psnr(make_pipeline([name], sev)(x, [s * 10 + i for i in range(4)])[0], x) for s in (1, 2)]
+        p = make_pipeline([name], sev, variants={name: variant} if variant else None)
+        assert p.degradations[0].variant == (variant or p.degradations[0].VARIANTS[0])
+        vals = [psnr(p(x, [s * 10 + i for i in range(4)])[0], x) for s in (1, 2)]
         scores.append(np.mean(vals))
     assert all(a > b for a, b in zip(scores, scores[1:])), (name, scores)
     _, recs = make_pipeline([name], 2)(x[:1], [7])
@@ -144,6 +148,22 @@ def test_read_real_raw_frames_and_render():
     assert np.abs(sim.reshape(-1, 3).mean(0) - ref.reshape(-1, 3).mean(0)).max() < 40
 
 
+@pytest.mark.parametrize("pattern", ["GRBG", "GBRG", "BGGR"])
+def test_degrade_raw_image_uses_the_frames_bayer_pattern(pattern, photos):
+    """``render`` degrades real frames of any pattern (the shared GRBG ones too) with the pipeline's default
+    (RGGB) pattern: the clean chain must equal the simulator's own render of that frame."""
+    lin = photos[:1] ** 2.2
+    counts = (mosaic(lin, pattern)[0, 0].numpy() * 1023).round().astype(np.uint16)
+    raw = RawImage(counts, pattern, black_level=0, white_level=1023, bit_depth=10, wb_gains=(1.0, 1.0, 1.0))
+    ref = render_raw_image(raw).astype(int)
+    y, rec = make_pipeline("clean", 3).degrade_raw_image(raw, 0)
+    assert rec.degradations == []
+    ours = (y[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)
+    assert np.abs(ours - ref).max() <= 1
+    y, _ = make_pipeline("exposure", 1).degrade_raw_image(raw, 0)  # a degradation keeps the colours (same mean hue)
+    assert psnr(y, torch.from_numpy(ref / 255).permute(2, 0, 1)[None]) > 15
+
+
 def test_dng_roundtrip_through_libraw(tmp_path):
     rng = np.random.default_rng(0)
     counts = rng.integers(64, 1023, size=(64, 96)).astype(np.uint16)
@@ -155,6 +175,15 @@ def test_dng_roundtrip_through_libraw(tmp_path):
     assert back.wb_gains == pytest.approx((2.0, 1.0, 1.5), rel=1e-3)
     img = camera_render(dng, "LINEAR")
     assert img.shape == (64, 96, 3) and img.dtype == np.uint8
+    # LibRaw files carry no bit depth: saturated sites a little above the white level (within the 10 bits it
+    # implies) are clipped and counted; values no 10-bit sensor can produce are reported, naming the file
+    counts = np.minimum(counts, 1000)
+    counts[:2, :3] = 1020
+    sat = read_raw(write_dng(RawImage(counts, "RGGB", 0, 1000, 10), tmp_path / "sat.dng"))
+    assert sat.extra["clipped_overflow"] == 6 and sat.counts.max() == 1000
+    counts[0, 0] = 1500
+    with pytest.raises(ISPInputError, match=r"bad.dng: 6 values exceed the white level 1000 .*10-bit range"):
+        read_raw(write_dng(RawImage(counts, "RGGB", 0, 1000, 10), tmp_path / "bad.dng"))
 
 
 def test_zurich_png_values_read_as_stored(tmp_path):
@@ -179,6 +208,13 @@ def test_raw_bad_input_messages_name_the_file(tmp_path):
     trunc.write_bytes(b"\0" * 100)
     with pytest.raises(ISPInputError, match=r"t.raw: file is truncated: 100 bytes, expected 128"):
         read_raw(trunc, width=8, height=8, bit_depth=10, pattern="RGGB")
+    (tmp_path / "other.json").write_bytes(b"\xff\xfe binary, not a sidecar")  # other JSONs in the folder: ignored
+    with pytest.raises(ISPInputError, match="t.raw: file is truncated"):
+        read_raw(trunc, width=8, height=8, bit_depth=10, pattern="RGGB")
+    (tmp_path / "t.json").write_bytes(b"\xff\xfe")  # the file's own sidecar: reported
+    with pytest.raises(ISPInputError, match="t.json: sidecar JSON for t.raw is not valid JSON"):
+        read_raw(trunc, width=8, height=8, bit_depth=10, pattern="RGGB")
+    (tmp_path / "t.json").unlink()
     with pytest.raises(ISPInputError, match="t.raw: .*unknown Bayer pattern"):
         trunc.write_bytes(b"\0" * 128)
         read_raw(trunc, width=8, height=8, bit_depth=10, pattern="RGBX")
@@ -195,6 +231,12 @@ def test_raw_bad_input_messages_name_the_file(tmp_path):
     np.full((4, 4), 5000, dtype="<u2").tofile(over)
     with pytest.raises(ISPInputError, match="o.raw: 16 values exceed the white level"):
         read_raw(over, width=4, height=4, bit_depth=10, pattern="RGGB")
+    # 16-bit values above the white level and no bit depth: the white level (4095) implies 12 bits, not 16
+    np.full((4, 4), 65535, dtype="<u2").tofile(over)
+    with pytest.raises(ISPInputError, match=r"o.raw: 16 values exceed the white level 4095 .*12-bit range"):
+        read_raw(over, width=4, height=4, white_level=4095, pattern="RGGB")
+    with pytest.raises(ISPInputError, match="o.raw: .*white level nan must be finite"):
+        read_raw(over, width=4, height=4, white_level=float("nan"), pattern="RGGB")
     junk = tmp_path / "x.dng"
     junk.write_bytes(b"not a raw file at all" * 10)
     with pytest.raises(ISPInputError, match="x.dng: LibRaw cannot read"):
@@ -241,6 +283,44 @@ def test_degrade_tool_resumes_skips_bad_files_and_is_worker_independent(tmp_path
         assert (tmp_path / "o1" / rel).read_bytes() == (tmp_path / "o2" / rel).read_bytes()
 
 
+def test_degrade_tool_bad_coco_json_names_file_and_problem(tmp_path):
+    from isp_sim.dataset import degrade_dataset, parse_severities
+
+    assert parse_severities("1..3") == [1, 2, 3] and parse_severities("2,5") == [2, 5]
+    for bad in ("abc", "1..x", "0", "5..1", "6"):
+        with pytest.raises(ISPInputError, match="severity must be within 1..5"):
+            parse_severities(bad)
+
+    cases = {"syntax.json": b'{"images": [', "binary.json": b"\xff\xfe\x00 not utf-8",
+             "strings.json": b'{"images": ["a.jpg"], "annotations": []}',
+             "noname.json": b'{"images": [{"id": 1}], "annotations": []}'}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ISPInputError, match="syntax.json: unreadable COCO JSON"):
+        degrade_dataset(tmp_path / "syntax.json", tmp_path / "o", ["noise"], [1], progress=False)
+    with pytest.raises(ISPInputError, match="binary.json: unreadable COCO JSON .*utf-8"):
+        degrade_dataset(tmp_path / "binary.json", tmp_path / "o", ["noise"], [1], progress=False)
+    for name in ("strings.json", "noname.json"):
+        with pytest.raises(ISPInputError, match=name + r": images\[0\] is not an image entry with a 'file_name'"):
+            degrade_dataset(tmp_path / name, tmp_path / "o", ["noise"], [1], progress=False)
+
+
+def test_degrade_tool_jpeg_outputs_keep_full_chroma(tmp_path, photos):
+    """.jpg inputs keep their names (COCO annotations refer to them), so outputs are JPEG too: written at quality
+    100 with 4:4:4 chroma, not libjpeg's default 4:2:0, which would add an unrecorded chroma blur to every image."""
+    from PIL import Image, JpegImagePlugin
+
+    from isp_sim.dataset import degrade_dataset
+
+    (tmp_path / "in").mkdir()
+    im = (photos[0, :, :64, :64].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(im).save(tmp_path / "in" / "a.jpg", quality=95)
+    assert degrade_dataset(tmp_path / "in", tmp_path / "o", ["exposure"], [1], progress=False)["exposure-1"][
+        "written"] == 1
+    with Image.open(tmp_path / "o" / "exposure-1" / "a.jpg") as out:
+        assert out.format == "JPEG" and JpegImagePlugin.get_sampling(out) == 0  # 0 = 4:4:4
+
+
 @need_shared(COCO_TINY)
 def test_degrade_tool_on_coco_copies_annotations(tmp_path):
     import shutil
@@ -280,6 +360,13 @@ def test_cli_degrade_and_render(tmp_path, photos):
                           str(tmp_path / "o"), "--degradations", "blur"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert bad.returncode == 2 and "unknown degradation 'blur'" in bad.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b"\xff\xd8 a JPEG renamed to .json")
+    bad = subprocess.run([sys.executable, "-m", "isp_sim", "degrade", "--input", str(broken), "--output",
+                          str(tmp_path / "o"), "--degradations", "noise"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert bad.returncode == 2 and "broken.json: unreadable COCO JSON" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
     if REAL_RAW.exists():
         png = tmp_path / "render.png"
         r = subprocess.run([sys.executable, "-m", "isp_sim", "render", str(REAL_RAW / "grbg10_344x256.png"),
