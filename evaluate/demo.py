@@ -480,6 +480,19 @@ def run_demo(cfg: DemoConfig | None = None, out_dir: str | Path | None = None, p
     return summary
 
 
+def train_data_text(cfg: dict) -> str:
+    """How the demo's detectors see their training data (``cfg``: ``DemoConfig.to_dict()``), for the report."""
+    degr, d = cfg["detector"]["train_degradation"], cfg["data"]
+    split = f"procedural training split ({d['n_train']} images, {d['image_size']} px)"
+    if not degr:
+        return f"the clean {split}"
+    what = (f"isp_sim CompositeISP('{degr['composite']}') chains" if degr.get("composite") else
+            f"isp_sim {degr.get('names')} at severity {degr.get('severity')}")
+    draws = "fresh draws every epoch" if degr.get("per_epoch") else "one fixed draw per image"
+    return (f"the {split} degraded on the fly by {what} on {100 * (1 - degr.get('prob_clean', 0)):.0f} % of the "
+            f"images ({draws})")
+
+
 def demo_markdown(summary: dict, results: dict, real: dict) -> str:
     from .report import HEADLINE_HEADER, fmt, grid_markdown, headline_rows, md_table
 
@@ -502,16 +515,7 @@ def demo_markdown(summary: dict, results: dict, real: dict) -> str:
         rows.append([tag, s.get("steps", "n/a"), fmt(s.get("first_loss")), fmt(s.get("final_loss")),
                      fmt(s.get("mean_sec_per_step"), 2), s.get("params_total", ""), s.get("params_trainable", "")])
     det = cfg["detector"]
-    degr = det["train_degradation"]
-    if degr:
-        what = (f"isp_sim CompositeISP('{degr['composite']}') chains" if degr.get("composite") else
-                f"isp_sim {degr.get('names')} at severity {degr.get('severity')}")
-        train_data = (f"the procedural training split ({cfg['data']['n_train']} images, {cfg['data']['image_size']} "
-                      f"px) degraded on the fly by {what} on {100 * (1 - degr.get('prob_clean', 0)):.0f} % of the "
-                      "images (fresh draws every epoch)" if degr.get("per_epoch") else "(one draw per image)")
-    else:
-        train_data = (f"the clean procedural training split ({cfg['data']['n_train']} images, "
-                      f"{cfg['data']['image_size']} px)")
+    train_data = train_data_text(cfg)
     out.append(f"Mask R-CNN (torchvision) detectors trained with `tasks.train`, identical schedule "
                f"({det['optimizer']} lr {det['lr']}, batch {det['batch_size']}, {det['max_steps']} steps, cosine). "
                f"`baseline-resnet` and `dir` see the same data: {train_data}. Baseline: ResNet-18 "

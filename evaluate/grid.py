@@ -4,9 +4,9 @@ For every condition the images are degraded on the fly with ``isp_sim`` (per-ima
 ``image_seed(seed, f"{label}/{file_name}")``, the convention of ``python -m isp_sim degrade``) or read from a degraded
 copy (``degraded_root/<label>/<file_name>``, written by that tool). Each model's detections on each condition are
 cached as one JSON file per (model, condition), written atomically, and reused when the checkpoint (SHA-256), the
-image list, the seed and the image source match, so an interrupted run resumes where it stopped. ``results.json``
-is written atomically at the end (never a partial file), followed by the Markdown report and the plots
-(:mod:`evaluate.report`).
+image list, the seed and the image source (for a degraded copy: its files' sizes and modification times) match, so
+an interrupted run resumes where it stopped. ``results.json`` is written atomically at the end (never a partial
+file), followed by the Markdown report and the plots (:mod:`evaluate.report`).
 """
 from __future__ import annotations
 
@@ -185,6 +185,11 @@ class GridData:
              "source": src if src in ("clean", "on-the-fly") else "copy"}
         if not cond.is_clean:
             k["seed"] = self.seed
+        if src.startswith("copy:"):
+            # a degraded copy rewritten since (another seed, another isp_sim version) must not reuse old predictions
+            folder = Path(src[5:])
+            stats = [(f, st.st_size, st.st_mtime_ns) for f in self.files for st in [(folder / f).stat()]]
+            k["copy_sha256"] = text_sha256(json.dumps(stats))
         return k
 
 
@@ -354,6 +359,9 @@ def run_grid(models: Sequence[ModelSpec | str], ann_file: str | Path, out_dir: s
                                           "per_condition": pm["per_condition"],
                                           "summary": robustness_summary(pm["per_condition"], conditions),
                                           "predict_seconds": pm["seconds"], "cached_conditions": pm["cached"]}
+    results["warnings"] = empty_prediction_warnings(per_model, conditions, cfg.score_threshold)
+    for w in results["warnings"]:
+        log.warning(w)
     if net is not None:
         results["restoration"] = {"model": str(restorer), "per_condition": rest_cached,
                                   "note": "PSNR/SSIM against the clean image of the degraded input and of DiR's "
@@ -368,6 +376,25 @@ def run_grid(models: Sequence[ModelSpec | str], ann_file: str | Path, out_dir: s
         samples = sample_grid(data, loaded, conditions, dets_all, out_dir / "samples.png", cfg)
         write_report(results, out_dir, sample_png=samples)
     return results
+
+
+def empty_prediction_warnings(per_model: dict, conditions: Sequence[Condition], score_threshold: float = 0.0
+                              ) -> list[str]:
+    """One message per model that returned no detection at all on some conditions (AP is 0 there, which is a
+    result, not an error; but a detector that finds nothing anywhere is almost always a broken checkpoint)."""
+    out = []
+    for tag, pm in per_model.items():
+        labels = [c.label for c in conditions if c.label in pm["per_condition"]]
+        empty = [lab for lab in labels if not pm["per_condition"][lab].get("n_detections")]
+        if not empty:
+            continue
+        msg = (f"model '{tag}' returned no detections on {len(empty)} of {len(labels)} conditions "
+               f"({', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}): AP is 0 there")
+        if len(empty) == len(labels):
+            msg += (" - it detects nothing on any condition, clean included: check the checkpoint (untrained or "
+                    "collapsed detector)" + (f" and --score-thr {score_threshold}" if score_threshold > 0 else ""))
+        out.append(msg)
+    return out
 
 
 def _run_condition(cond: Condition, data: GridData, todo: list, net, cfg: GridConfig,

@@ -91,6 +91,8 @@ def grid_markdown(results: dict, title: str = "Robustness to camera-ISP degradat
              "severity 5). Composite chains are listed separately and are not part of mPC. 'ISP round trip' = the "
              "clean images unprocessed to RAW and rendered back by the simulator's reference ISP without any "
              "degradation (what the simulation itself costs; not part of mPC).\n"]
+    for w in results.get("warnings") or []:
+        out.append(f"\n**Warning:** {w}.\n")
     out.append(f"\n{h}# Models\n")
     out.append(md_table(["model", "kind", "backbone", "checkpoint", "training steps"],
                         [[t, m["kind"], m["backbone"], f"`{m['checkpoint']}`", m.get("step", "")]
@@ -306,6 +308,9 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, key: str = "bbox_A
     if not paths:
         raise EvaluateError("compare needs at least one results file")
     res = [load_results(p) for p in paths]
+    known = sorted({k for r in res for m in r["models"].values() for k in m["summary"]["P"]})
+    if key not in known:
+        raise EvaluateError(f"metric {key!r} is in none of the results; choose from {', '.join(known)}")
     labels = []
     for p in paths:
         q = Path(p)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from evaluate.common import EvaluateError
-from evaluate.demo import DemoConfig, config_from_dict, load_config, quick_config, run_demo
+from evaluate.demo import DemoConfig, config_from_dict, load_config, quick_config, run_demo, train_data_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,17 @@ def test_bad_demo_configs_are_clear_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(EvaluateError, match="unknown degradation"):
         config_from_dict({"grid": {"degradations": ["wobble"]}}).grid.conditions()
+
+
+def test_report_describes_the_training_data_as_configured():
+    d = DemoConfig().to_dict()
+    assert train_data_text(d) == ("the procedural training split (200 images, 128 px) degraded on the fly by isp_sim "
+                                  "CompositeISP('seen') chains on 50 % of the images (fresh draws every epoch)")
+    d["detector"]["train_degradation"] = {"names": ["noise"], "severity": 3}
+    assert train_data_text(d) == ("the procedural training split (200 images, 128 px) degraded on the fly by isp_sim "
+                                  "['noise'] at severity 3 on 100 % of the images (one fixed draw per image)")
+    d["detector"]["train_degradation"] = {}
+    assert train_data_text(d) == "the clean procedural training split (200 images, 128 px)"
 
 
 def test_reduced_demo_end_to_end_and_resume(tmp_path):

@@ -86,6 +86,21 @@ def test_on_the_fly_matches_isp_sim_degraded_copy(tiny, tmp_path):
     assert fly.source(c) == "on-the-fly" and copy.source(c).startswith("copy:")
     for i in range(len(fly.ids)):
         assert np.array_equal(fly.image(c, i), copy.image(c, i))  # PNG copies: bit-identical
+    # predictions cached on a degraded copy are not reused once the copy has been rewritten
+    out, cfg = tmp_path / "run", GridConfig(degradations=["jpeg"], severities="3", degraded_root=str(tmp_path / "deg"),
+                                            roundtrip=False, sample_images=0)
+    models = [f"m={tiny['mask']}"]
+    run_grid(models, tiny["ann"], out, cfg, tiny["images"], progress=False, report=False)
+    again = run_grid(models, tiny["ann"], out, cfg, tiny["images"], progress=False, report=False)
+    assert again["models"]["m"]["cached_conditions"] == ["clean", "jpeg-3"]
+    assert again["data"]["sources"]["jpeg-3"].startswith("copy:")
+    import shutil
+
+    shutil.rmtree(tmp_path / "deg" / "jpeg-3")
+    degrade_dataset(tiny["ann"], tmp_path / "deg", ["jpeg"], [3], seed=7, workers=1, image_root=tiny["images"],
+                    progress=False)
+    rewritten = run_grid(models, tiny["ann"], out, cfg, tiny["images"], progress=False, report=False)
+    assert rewritten["models"]["m"]["cached_conditions"] == ["clean"]
     # an incomplete copy is a clear error
     os.remove(tmp_path / "deg" / "jpeg-3" / fly.files[0])
     with pytest.raises(EvaluateError, match="lacks 1 of 4"):
@@ -151,16 +166,34 @@ def test_results_file_is_never_partial(tiny, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
-def test_empty_predictions_score_zero(tiny, tmp_path, monkeypatch):
+def test_empty_predictions_score_zero_with_a_clear_warning(tiny, tmp_path, monkeypatch, caplog):
     import tasks.coco_eval
 
     monkeypatch.setattr(tasks.coco_eval, "predict", lambda *a, **k: [])
-    res = run_grid([str(tiny["mask"])], tiny["ann"], tmp_path / "e", GridConfig(degradations=["jpeg"],
-                                                                               severities="1"),
-                   progress=False, report=False)
+    out = tmp_path / "e"
+    with caplog.at_level("WARNING", logger="evaluate.grid"):
+        res = run_grid([str(tiny["mask"])], tiny["ann"], out, GridConfig(degradations=["jpeg"], severities="1",
+                                                                         sample_images=1), progress=False)
     m = res["models"]["mask"]
     assert m["per_condition"]["clean"]["bbox_AP"] == 0.0 and m["per_condition"]["jpeg-1"]["segm_AP"] == 0.0
     assert m["summary"]["mPC"]["bbox_AP"] == 0.0 and m["summary"]["rPC"]["bbox_AP"] is None
+    # not silent: results.json, the log and the report say that the model detected nothing, and where
+    [w] = json.loads((out / "results.json").read_text())["warnings"]
+    assert "'mask' returned no detections on 3 of 3 conditions (clean, roundtrip, jpeg-1)" in w
+    assert "detects nothing on any condition" in w and "check the checkpoint" in w
+    assert w in caplog.text
+    assert f"**Warning:** {w}." in (out / "report.md").read_text()
+
+
+def test_empty_prediction_warnings_name_only_the_empty_conditions():
+    from evaluate.grid import empty_prediction_warnings
+
+    conds = [Condition(), Condition("noise", 5)]
+    pm = {"a": {"per_condition": {"clean": {"n_detections": 4}, "noise-5": {"n_detections": 0}}},
+          "b": {"per_condition": {"clean": {"n_detections": 2}, "noise-5": {"n_detections": 1}}}}
+    [w] = empty_prediction_warnings(pm, conds)
+    assert w.startswith("model 'a' returned no detections on 1 of 2 conditions (noise-5)")
+    assert "check the checkpoint" not in w  # it does detect on the clean set
 
 
 def test_interrupted_run_leaves_no_results_and_resumes(tiny, tmp_path, monkeypatch):
@@ -206,4 +239,11 @@ def test_cli_run_and_compare(tiny, tmp_path, capsys):
                  "--degradations", "sepia"]) == 2
     assert "unknown degradation 'sepia'" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "c2")]) == 2
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--key", "bbox_ap", "--out", str(tmp_path / "c3")]) == 2  # a typo
+    assert "metric 'bbox_ap' is in none of the results; choose from bbox_AP, bbox_AP50" in capsys.readouterr().err
+    assert not (tmp_path / "c3" / "comparison.json").exists()
+    assert main(["compare", str(a), str(b), "--key", "segm_AP", "--out", str(tmp_path / "c4")]) == 0
+    seg = json.loads((tmp_path / "c4" / "comparison.json").read_text())["entries"]
+    assert seg[0]["P"] is not None and seg[1]["P"] is None  # y is a box-only model: n/a, not an error
     assert not (tmp_path / "z" / "results.json").exists()

@@ -151,3 +151,26 @@ def test_coco_tiny_polygons_rle_and_crowd():
     for box, m in zip(tp["boxes"], tp["masks"]):
         ys, xs = torch.nonzero(m, as_tuple=True)
         assert xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() <= box[3] + 1
+
+
+def test_bad_degradation_settings_fail_at_construction(proc):
+    """A typo in a degradation config is reported when the config / dataset is built, not at the first batch (or at
+    the first evaluation after the training steps)."""
+    from tasks.config import config_from_dict
+
+    with pytest.raises(ValueError, match="unknown degradation 'fog'"):
+        DegradationConfig(names=["fog"], severity=2)
+    with pytest.raises(ValueError, match="severity must be an integer 1..5"):
+        DegradationConfig(names=["noise"], severity=9)
+    with pytest.raises(ValueError, match="need a severity 1..5"):
+        DegradationConfig(names=["noise"])  # severity 0 used to be a silent no-op
+    with pytest.raises(ValueError, match="unknown split 'sen'"):
+        DegradationConfig(composite="sen")
+    with pytest.raises(ValueError, match="not both"):
+        DegradationConfig(names=["noise"], severity=2, composite="seen")
+    with pytest.raises(ValueError, match="prob_clean"):
+        DegradationConfig(composite="seen", prob_clean=1.5)
+    with pytest.raises(ValueError, match="val_degradation.*unknown degradation 'fog'"):
+        config_from_dict({"data": {"val_degradation": {"names": ["fog"], "severity": 2}}})
+    assert DegradationConfig(names="noise, jpeg", severity=2).names == ["noise", "jpeg"]
+    assert not DegradationConfig().enabled  # the default (clean) is valid

@@ -11,7 +11,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from tasks.backbones import DetectorConfig, build_detector, build_detector_from_config, parameter_report
+from tasks.backbones import (DetectorConfig, aux_losses, build_detector, build_detector_from_config,
+                             parameter_report)
 from tasks.checkpoint import CheckpointError, atomic_save, load_detector, save_detector
 from tasks.coco_eval import evaluate_coco, predict
 from tasks.data.coco import CocoDetection
@@ -88,6 +89,39 @@ def test_task_aligned_refinement_updates_only_chosen_dir_parts(train_encoder, ba
     assert _grad_norm(dirnet.alignment_parameters()) > 0
     assert (_grad_norm(dirnet.encoder.parameters()) > 0) == train_encoder
     assert _grad_norm(dirnet.pilot.parameters()) == 0 and _grad_norm(dirnet.decoder.parameters()) == 0
+
+
+def test_refinement_distribution_regulariser(batch):
+    """dist_reg_weight adds DiR's distribution-level regulariser on r+ to the training losses (only in training,
+    only with DfR reference statistics); its gradient reaches the refined alignment, not the frozen encoder."""
+    torch.manual_seed(0)
+    model = build_detector("mask", "dir", 6, dist_reg_weight=0.5, **TINY)
+    dirnet = model.backbone.body
+    imgs, targets = batch
+    model.train()
+    model(imgs, targets)
+    assert aux_losses(model) == {}  # an untrained DiR has no reference statistics to align to
+    ch = {k: int(dirnet.out_channels[k]) for k in ("s4", "s8", "s16", "s32")}
+    dirnet.set_reference_stats({k: torch.full((c,), 0.5) for k, c in ch.items()},
+                               {k: torch.full((c,), 2.0) for k, c in ch.items()})
+    model(imgs, targets)
+    aux = aux_losses(model)
+    assert set(aux) == {"loss_dir_dist"} and float(aux["loss_dir_dist"].detach()) > 0
+    expected = 0.5 * dirnet.distribution_regularizer(dirnet.forward_features(torch.stack(imgs)))
+    assert float(aux["loss_dir_dist"].detach()) == pytest.approx(float(expected.detach()), rel=1e-4)  # weight x regulariser
+    model.zero_grad()
+    aux["loss_dir_dist"].backward()
+    assert _grad_norm(dirnet.alignment_parameters()) > 0
+    assert _grad_norm(dirnet.encoder.parameters()) == 0 and _grad_norm(model.roi_heads.parameters()) == 0
+    model.eval()
+    with torch.no_grad():
+        model(imgs[:1])
+    assert aux_losses(model) == {}  # inference adds nothing
+    plain = build_detector("mask", "dir", 6, **TINY)  # weight 0 (the default): off
+    plain.backbone.body.load_state_dict(dirnet.state_dict())
+    plain.train()
+    plain(imgs, targets)
+    assert aux_losses(plain) == {}
 
 
 def test_frozen_dir_trunk_and_parameter_report():

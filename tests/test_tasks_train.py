@@ -45,9 +45,14 @@ def _train_records(out: Path) -> list[dict]:
 
 
 def test_resume_reproduces_uninterrupted_training(tmp_path):
-    straight = tiny_config(tmp_path, "a", final_eval=True, eval_batch_size=3)
+    # run "a" also evaluates during training (step 2, on 2 images); that must not change its training batches
+    straight = tiny_config(tmp_path, "a", final_eval=True, eval_batch_size=3, eval_every=2, eval_max_images=2)
     metrics = train(load_config(straight), resume=False)
     assert 0.0 <= metrics["bbox_AP"] <= 1.0 and "segm_AP" in metrics and metrics["n_images"] == 3
+    evals = [r for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines())
+             if r["type"] == "eval"]
+    assert [(r["step"], r["n_images"]) for r in evals] == [(2, 2), (4, 3)]  # during training, then the final one
+    assert all(0.0 <= r["bbox_AP"] <= 1.0 and 0.0 <= r["segm_AP"] <= 1.0 for r in evals)
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["step"] == 4
     n_lines = len((tmp_path / "a" / "log.jsonl").read_text().splitlines())
     assert train(load_config(straight)) == metrics  # a finished run is not trained or evaluated again

@@ -49,6 +49,23 @@ class DegradationConfig:
     per_epoch: bool = False
     key_prefix: str = ""
 
+    def __post_init__(self) -> None:
+        # validate now (a config typo must not surface only at the first batch, or at the first evaluation after
+        # hours of training): names, severity and composite split are checked by building the pipeline
+        if isinstance(self.names, str):
+            self.names = [n.strip() for n in self.names.split(",") if n.strip()]
+        self.names = list(self.names)
+        if not 0.0 <= float(self.prob_clean) <= 1.0:
+            raise ValueError(f"degradation prob_clean must be in [0, 1], got {self.prob_clean}")
+        if self.names and self.composite:
+            raise ValueError(f"give degradation names {self.names} (with a severity) or composite "
+                             f"{self.composite!r}, not both")
+        if self.names and int(self.severity) < 1:
+            raise ValueError(f"degradation names {self.names} need a severity 1..5 (severity 0 would leave every "
+                             "image clean)")
+        if self.enabled:
+            self.build()
+
     @property
     def enabled(self) -> bool:
         return bool(self.composite) or (bool(self.names) and self.severity > 0)
