@@ -39,7 +39,7 @@ def cmd_infer(args) -> int:
 
     from isp_sim.io import read_raw, write_image
 
-    from .infer import infer_tiled
+    from .infer import compare_to_whole, infer_tiled
     from .isp_stage import from_rggb_phase, raw_image_to_pynet_input
     from .model import load_pynet
 
@@ -55,13 +55,20 @@ def cmd_infer(args) -> int:
         t0 = time.time()
         raw = read_raw(path, on_overflow="clip")
         x = raw_image_to_pynet_input(raw).to(device)
-        y = infer_tiled(model, x, level=args.level, tile=args.tile, overlap=args.overlap, mode=args.mode,
-                        bf16=args.bf16, channels_last=args.channels_last, store=args.store, progress=True)
+        opts = dict(tile=args.tile, overlap=args.overlap, mode=args.mode, bf16=args.bf16,
+                    channels_last=args.channels_last, store=args.store, progress=True)
+        note = ""
+        if args.compare_whole and args.mode != "whole":
+            cmp = compare_to_whole(model, x, level=args.level, **opts)
+            y = cmp["tiled"]
+            note = f", {args.mode} vs whole frame: PSNR {cmp['psnr_db']:.2f} dB, max |diff| {cmp['max_abs_diff']:.2e}"
+        else:
+            y = infer_tiled(model, x, level=args.level, **opts)
         y = from_rggb_phase(y, raw.pattern)  # undo the flip/rotation that brought the frame to RGGB phase
         img = (y[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
         dst = out_dir / (Path(path).stem + "." + args.format)
         write_image(dst, img)
-        print(f"{path} -> {dst} ({img.shape[1]}x{img.shape[0]}, {time.time() - t0:.1f} s)")
+        print(f"{path} -> {dst} ({img.shape[1]}x{img.shape[0]}, {time.time() - t0:.1f} s{note})")
     return 0
 
 
@@ -123,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overlap", type=int, default=64, help="tile overlap in packed pixels (multiple of 16)")
     i.add_argument("--store", default="memory", choices=["memory", "disk"],
                    help="exact mode: keep full-frame activations in RAM or in temporary files")
+    i.add_argument("--compare-whole", action="store_true",
+                   help="also run whole-frame inference and print the PSNR between tiled and whole-frame output "
+                        "(needs memory for the whole frame)")
     i.add_argument("--bf16", action="store_true", help="bfloat16 autocast (not for --mode exact)")
     i.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

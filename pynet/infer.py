@@ -132,6 +132,9 @@ def infer_tiled(model: PyNET, x: torch.Tensor, level: int = 0, tile: int = 256, 
         raise ValueError(f"infer_tiled: mode must be one of {MODES}, got {mode!r}")
     if mode == "whole":
         return infer_whole(model, x, level, bf16, channels_last)
+    if mode == "exact" and bf16:
+        raise ValueError("infer_tiled: bf16 is not available in exact mode (it reproduces float32 whole-frame "
+                         "inference); use mode='seamless' or 'whole' for bf16")
     if tile % 16 or overlap % 16 or tile <= 0 or overlap < 0:
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be non-negative multiples of 16")
     if mode != "exact" and tile < 32:
@@ -413,6 +416,16 @@ def run_exact(model: PyNET, x: torch.Tensor, level: int = 0, tile: int = 256, st
         raise ValueError("run_exact runs on CPU; move the model to CPU first")
     h = model.run(inp, level, ops)
     return h.read(0, h.H, 0, h.W).clone()
+
+
+def compare_to_whole(model: PyNET, x: torch.Tensor, level: int = 0, **tiled) -> dict:
+    """Run :func:`infer_tiled` (keyword arguments ``tiled``: mode, tile, overlap, ...) and whole-frame inference on
+    ``x`` and report how far apart they are: ``{"psnr_db", "max_abs_diff", "tiled", "whole"}``. Whole-frame
+    inference needs memory for the whole frame, so this is a check for frames that fit."""
+    y_tiled = infer_tiled(model, x, level=level, **tiled).cpu()  # tiles are assembled on the CPU
+    y_whole = infer_whole(model, x, level=level).cpu()
+    return {"psnr_db": psnr_db(y_tiled, y_whole), "max_abs_diff": float((y_tiled - y_whole).abs().max()),
+            "tiled": y_tiled, "whole": y_whole}
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:

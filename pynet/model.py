@@ -525,12 +525,41 @@ def model_meta(model: PyNET) -> dict:
                 instance_norm_level_1=model.instance_norm_level_1, level=model.level)
 
 
+def config_from_state_dict(sd: dict) -> dict:
+    """Constructor arguments read off a plain state dict (no ``meta``): transposed-convolution keys
+    (``*.deconv.weight``) mean the "paper" variant, else "pytorch"; ``width`` from the first convolution
+    (32 filters at full width); instance norm from ``conv_l2_d1`` and level-1 norm from ``conv_l1_d6``."""
+    out = {"variant": "paper" if any(k.endswith(".deconv.weight") for k in sd) else "pytorch"}
+    w = sd.get("conv_l1_d1.conv_3a.conv2d.weight")
+    if isinstance(w, torch.Tensor) and w.ndim == 4 and w.shape[0] > 0:
+        out["width"] = w.shape[0] / 32
+    out["instance_norm"] = "conv_l2_d1.conv_3a.instance.weight" in sd
+    out["instance_norm_level_1"] = "conv_l1_d6.conv_3a.instance.weight" in sd
+    return out
+
+
+def state_dict_mismatch(model: nn.Module, sd: dict) -> str:
+    """A short description of how ``sd`` differs from ``model.state_dict()`` ("" when keys and shapes agree)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+        if items:
+            parts.append(f"{len(items)} {what} (e.g. {', '.join(items[:2])})")
+    return "; ".join(parts)
+
+
 def load_pynet(path, map_location="cpu", **overrides) -> PyNET:
     """Build a :class:`PyNET` from a checkpoint and load it with ``strict=True``.
 
-    Accepts the authors' PyTorch checkpoint (plain, possibly ``module.``-prefixed state dict -> the "pytorch"
-    variant at full width) and checkpoints written by :mod:`pynet.train` (``{"model": state_dict, "meta": {...}}``,
-    which record variant/width/normalisation). ``overrides`` replace constructor arguments (e.g. ``level=1``).
+    Accepts the authors' PyTorch checkpoint (plain, possibly ``module.``-prefixed state dict; the configuration is
+    read off its keys with :func:`config_from_state_dict`: the "pytorch" variant at full width for the official
+    file) and checkpoints written by :mod:`pynet.train` (``{"model": state_dict, "meta": {...}}``, which record
+    variant/width/normalisation). ``overrides`` replace constructor arguments (e.g. ``level=1``). A file that does
+    not fit raises ``ValueError`` naming it and summarising the missing/unexpected/mis-shaped entries.
     """
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -538,18 +567,24 @@ def load_pynet(path, map_location="cpu", **overrides) -> PyNET:
         raise FileNotFoundError(f"{path}: PyNET checkpoint not found") from None
     except Exception as e:
         raise ValueError(f"{path}: cannot read PyNET checkpoint ({type(e).__name__}: {e})") from e
-    meta = {}
+    meta = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = dict(obj.get("meta") or {})
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: not a PyNET checkpoint (expected a state dict of tensors)")
+    sd = strip_module_prefix(obj)
     kwargs = dict(variant="pytorch", width=1.0, instance_norm=True, instance_norm_level_1=None, level=0)
-    kwargs.update({k: meta[k] for k in kwargs if k in meta})
+    found = config_from_state_dict(sd) if meta is None else meta
+    kwargs.update({k: found[k] for k in kwargs if k in found})
     kwargs.update(overrides)
-    model = PyNET(**kwargs)
     try:
-        model.load_state_dict(strip_module_prefix(obj), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: state dict does not match PyNET({kwargs}): {str(e)[:500]}") from e
+        model = PyNET(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    diff = state_dict_mismatch(model, sd)
+    if diff:
+        raise ValueError(f"{path}: not the state dict of PyNET({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+                         f": {diff}")
+    model.load_state_dict(sd, strict=True)
     return model

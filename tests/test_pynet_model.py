@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from pynet.model import (PARAM_COUNT, PyNET, count_parameters, load_official_checkpoint, load_pynet, model_meta,
                          output_size, strip_module_prefix)
+from pynet.train import save_atomic
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -72,6 +73,16 @@ def test_every_level_output_shape_and_range(variant, pytorch_model, paper_model,
         torch.testing.assert_close(o, outs[lv])
 
 
+@pytest.mark.parametrize("variant", ["pytorch", "paper"])
+def test_published_patch_size_level_shapes(variant):
+    # the issue's sizes: a 224x224x4 packed patch gives 448x448x3 at level 0 and 448 / 2**L at level L; shapes only
+    # (meta device: no memory, no arithmetic)
+    with torch.device("meta"):
+        model = PyNET(variant)
+        outs = model.forward_all(torch.empty(1, 4, 224, 224), level=0)
+    assert {lv: tuple(o.shape) for lv, o in outs.items()} == {lv: (1, 3, 448 >> lv, 448 >> lv) for lv in range(6)}
+
+
 def test_official_checkpoint_roundtrip_strict(tmp_path, pytorch_model, small_input):
     # emulate the authors' file: a DataParallel state dict (every key prefixed "module.")
     sd = {"module." + k: v.clone() for k, v in pytorch_model.state_dict().items()}
@@ -97,6 +108,30 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_official_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_pynet(tmp_path / "missing.pth")
+
+
+def test_load_pynet_reads_plain_state_dicts_and_explains_mismatches(tmp_path, small_input):
+    # a plain (DataParallel-prefixed) state dict of the paper variant at 1/8 width: the configuration is read off
+    # its keys, as for the official file
+    src = PyNET("paper", width=0.125, seed=2).eval()
+    plain = tmp_path / "paper_plain.pth"
+    torch.save({"module." + k: v for k, v in src.state_dict().items()}, plain)
+    got = load_pynet(plain)
+    assert (got.variant, got.width, got.instance_norm_level_1) == ("paper", 0.125, False)
+    with torch.no_grad():
+        torch.testing.assert_close(got(small_input, 4), src(small_input, 4))
+    # mismatches name the file and say what does not fit instead of dumping the whole key list
+    tiny = PyNET("pytorch", width=0.125, seed=0)
+    sd = tiny.state_dict()
+    sd["conv_l0_d1.conv2d.weight"] = torch.zeros(3, 5, 3, 3)
+    shape = tmp_path / "shape.pth"
+    save_atomic({"model": sd, "meta": model_meta(tiny)}, shape)
+    with pytest.raises(ValueError, match=r"shape\.pth: .*1 wrong shape.*conv_l0_d1\.conv2d\.weight \(3, 5, 3, 3\)"):
+        load_pynet(shape)
+    other = tmp_path / "other_net.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ValueError, match=r"other_net\.pth: .*missing.*1 unexpected \(e\.g\. fc\.weight\)"):
+        load_pynet(other)
 
 
 def test_instance_norm_matches_torch_instancenorm2d():

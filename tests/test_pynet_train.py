@@ -149,6 +149,37 @@ def test_cli_infer_zurich_png(tmp_path):
     assert img.shape == (40, 72, 3) and img.dtype == np.uint8
 
 
+def test_cli_infer_reports_tiled_vs_whole_psnr(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    raw = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(1).integers(64, 1024, (64, 96)).astype(np.uint16)).save(raw)
+    ck = str(_tiny_checkpoint(tmp_path))
+    common = ("--checkpoint", ck, "--tile", "32", "--overlap", "16", "--threads", "1", "--compare-whole")
+    assert _main("infer", str(raw), "--out", str(tmp_path / "o"), *common) == 0
+    line = capsys.readouterr().out
+    assert "seamless vs whole frame: PSNR" in line and "dB" in line
+    assert _main("infer", str(raw), "--out", str(tmp_path / "e"), "--mode", "exact", *common) == 0
+    assert "exact vs whole frame: PSNR" in capsys.readouterr().out
+    assert _main("infer", str(raw), "--out", str(tmp_path / "b"), "--mode", "exact", "--bf16", *common) == 2
+    assert "bf16" in capsys.readouterr().err
+
+
+def test_short_cpu_training_beats_the_untrained_model(tmp_path):
+    """The embedded synthetic data teaches something transferable: 40 steps at level 2 raise PSNR and MS-SSIM on
+    the held-out images (measured: 10.86 -> 12.90 dB, MS-SSIM 0.16 -> 0.71; init seed 1: 11.27 -> 12.86 dB)."""
+    cfg = _cfg(tmp_path / "run", [{"level": 2, "steps": 40, "batch_size": 4, "lr": 2e-3}],
+               data={"kind": "embedded", "patch": 32, "train_length": 400, "seed": 0, "limit_val": 16},
+               model={"variant": "pytorch", "width": 0.125, "init_seed": 0}, val_batch_size=16,
+               ckpt_every=100, log_every=10)
+    summary = train(cfg)
+    before, after = summary["initial"], summary["levels"][2]
+    assert before["level"] == 2 and before["n"] == after["n"] == 16
+    assert after["psnr"] > before["psnr"] + 1.0
+    assert after["ms_ssim"] > before["ms_ssim"] + 0.3
+
+
 @pytest.mark.skipif(not SHARED_RAW.exists(), reason=f"shared sample RAW not present ({SHARED_RAW})")
 def test_cli_infer_shared_real_raw(tmp_path):
     import numpy as np
