@@ -64,6 +64,21 @@ def check_image_batch(x: object, name: str = "x", check_range: bool = True) -> t
     return x
 
 
+def check_matches_model(x: torch.Tensor, module: nn.Module, name: str = "x") -> torch.Tensor:
+    """After :func:`check_image_batch`: ``x`` must be on the device of ``module``'s weights and have their dtype
+    (any floating dtype is accepted inside ``torch.autocast``). Raises :class:`DiRInputError` naming the fix."""
+    p = next(module.parameters(), None)
+    if p is None:
+        return x
+    if x.device != p.device:
+        raise DiRInputError(f"{name} is on {x.device} but the model is on {p.device}; move it with "
+                            f"{name}.to({str(p.device)!r})")
+    if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise DiRInputError(f"{name} has dtype {x.dtype} but the model's weights are {p.dtype}; convert it with "
+                            f"{name}.to({p.dtype}) (or run under torch.autocast)")
+    return x
+
+
 def _norm(channels: int, norm: str = "none", groups: int = 8) -> dict | None:
     """mmcv norm config: ``"none"`` -> None (default: per-sample normalisation such as GroupNorm removes the
     absolute intensity that restoration needs, and slowed the autoencoder's training about 2x in our runs),
@@ -300,8 +315,23 @@ class PlainEncDec(nn.Module):
     @torch.no_grad()
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """Restored sRGB in [0, 1] (clamped)."""
-        check_image_batch(x)
+        check_matches_model(check_image_batch(x), self)
         return self(x)[0].clamp(0, 1)
+
+
+STD_FLOOR_REL = 0.1  # channel std floor, relative to the mean channel std of the scale (see floor_std)
+
+
+def floor_std(std: torch.Tensor, rel: float = STD_FLOOR_REL) -> torch.Tensor:
+    """Channel standard deviations ``(C,)`` floored at ``max(1e-4, rel * mean_c std_c)``, for standardising.
+
+    Post-ReLU feature maps have channels that are (almost) dead on the patches the statistics are measured on
+    (std ~ 0); an absolute floor of 1e-4 turned any activation such a channel has on another image into a
+    standardised value of ~1e4, which A's convolutions spread into every other channel of r+. A floor relative to
+    the scale's typical std keeps those values of the order of the live channels'. Standardisation is only a change
+    of units (P is started from the same stored std), so the floor changes conditioning, not what can be learnt."""
+    std = std.detach()
+    return std.clamp_min(max(1e-4, rel * float(std.mean())))
 
 
 class DiRNet(nn.Module):
@@ -341,13 +371,13 @@ class DiRNet(nn.Module):
     def baseline_features(self, x: torch.Tensor) -> OrderedDict:
         """r0 = E(x): the MI-trained baseline representation."""
         if self.check_inputs:
-            check_image_batch(x)
+            check_matches_model(check_image_batch(x), self)
         return self.encoder(x)
 
     def pilot_features(self, x: torch.Tensor) -> OrderedDict:
         """r-> = P(x): the pilot estimate of the DfR representation (in the DfR's units)."""
         if self.check_inputs:
-            check_image_batch(x)
+            check_matches_model(check_image_batch(x), self)
         out = OrderedDict()
         for k, f in self.pilot(x).items():
             m, s = self._stats("ref", k)
@@ -361,7 +391,7 @@ class DiRNet(nn.Module):
         ``rn = P(x)`` (standardised pilot output) and the stored channel statistics (mu0, sigma0) of r0 and
         (mu*, sigma*) of r*."""
         if self.check_inputs:
-            check_image_batch(x)
+            check_matches_model(check_image_batch(x), self)
         r0 = self.encoder(x)
         rn = self.pilot(x)
         rp, rplus = OrderedDict(), OrderedDict()
@@ -412,17 +442,19 @@ class DiRNet(nn.Module):
         return params
 
     def set_reference_stats(self, mean: dict, std: dict) -> None:
-        """Store per-channel statistics (dicts ``s4..s32`` of (C,) tensors) of the DfR reference r*."""
+        """Store per-channel statistics (dicts ``s4..s32`` of (C,) tensors) of the DfR reference r*; the standard
+        deviations are floored with :func:`floor_std`."""
         for k in SCALES:
             getattr(self, f"ref_mean_{k}").copy_(mean[k].detach())
-            getattr(self, f"ref_std_{k}").copy_(std[k].detach().clamp_min(1e-4))
+            getattr(self, f"ref_std_{k}").copy_(floor_std(std[k]))
         self.ref_stats_valid.fill_(True)
 
     def set_base_stats(self, mean: dict, std: dict) -> None:
-        """Store per-channel statistics of r0 = E(x_degraded), used to standardise r0 before the alignment."""
+        """Store per-channel statistics of r0 = E(x_degraded), used to standardise r0 before the alignment (standard
+        deviations floored with :func:`floor_std`)."""
         for k in SCALES:
             getattr(self, f"base_mean_{k}").copy_(mean[k].detach())
-            getattr(self, f"base_std_{k}").copy_(std[k].detach().clamp_min(1e-4))
+            getattr(self, f"base_std_{k}").copy_(floor_std(std[k]))
 
     def reference_stats(self) -> tuple[dict, dict]:
         """``(mean, std)`` dicts of the stored DfR channel statistics."""

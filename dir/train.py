@@ -375,11 +375,11 @@ def prepare_align(mod: "AlignStage", images: list, cfg: DiRConfig, device: torch
     """Before stage ``align`` starts: store the channel statistics of r* (clean patches through E*) and of r0
     (degraded views through E) in the DiRNet, so P and A work in standardised units; with
     ``model.pilot_init: dfr`` start the pilot from E* (so r-> = E*(x_degraded) at step 0)."""
-    mean, std = feature_statistics(mod.dfr.encoder, images, cfg, device, "stats/ref")
-    mod.net.set_reference_stats(mean, std)
+    mod.net.set_reference_stats(*feature_statistics(mod.dfr.encoder, images, cfg, device, "stats/ref"))
     mod.net.set_base_stats(*feature_statistics(mod.net.encoder, images, cfg, device, "stats/base", degrade))
     if cfg.model.pilot_init == "dfr":
-        mod.net.pilot.init_from_dfr(mod.dfr.encoder, mean, std)
+        # the stored (floored) statistics, so that r-> = mu* + sigma* P(x) = E*(x) exactly at step 0
+        mod.net.pilot.init_from_dfr(mod.dfr.encoder, *mod.net.reference_stats())
 
 
 def export_stage(cfg: DiRConfig, stage: str, mod: nn.Module, images: list, device: torch.device,

@@ -150,3 +150,51 @@ def test_old_decoder_option_and_task_records():
     assert body.cfg.restore_skip is False and cfg.dir_model["restore_skip"] is False
     cfg_new = DetectorConfig(backbone="dir", dir_model={"channels": [8, 16, 32, 64], "proj_dim": 16})
     assert load_dir_body(cfg_new, weights=False).cfg.restore_skip is True
+
+
+def test_dtype_and_device_errors():
+    """A float tensor of another dtype than the weights is a clear DiRInputError (not a conv error deep inside);
+    inside torch.autocast the mixed dtypes are accepted."""
+    net = build_dirnet(TINY, seed=0).eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for dt in (torch.float64, torch.float16):
+        with pytest.raises(DiRInputError, match="dtype"):
+            net.forward_features(x.to(dt))
+        with pytest.raises(DiRInputError, match="dtype"):
+            net.restore(x.to(dt))
+    with pytest.raises(DiRInputError, match="dtype"):
+        PlainEncDec(TINY).restore(x.double())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        f = net.forward_features(x.to(torch.bfloat16))
+    assert f["s32"].shape == (1, 64, 2, 2)
+
+
+def test_std_floor_keeps_dead_channels_bounded():
+    """A channel that was dead (std 0) where the statistics were measured must not blow up in standardised units
+    when it is active on another image; the pilot started from E* still reproduces r-> = E*(x) exactly."""
+    from dir.model import STD_FLOOR_REL, DfRAutoencoder, floor_std
+    dfr = init_weights(DfRAutoencoder(TINY), 0).eval()
+    net = build_dirnet(TINY, seed=1).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        f = dfr.encoder(x)
+    mean = {k: v.mean(dim=(0, 2, 3)) for k, v in f.items()}
+    std = {k: v.std(dim=(0, 2, 3)) for k, v in f.items()}
+    for k in SCALES:  # channel 0 "dead" on the measurement patches, but active on x
+        std[k][0] = 0.0
+        mean[k][0] = 0.0
+    net.set_reference_stats(mean, std)
+    net.set_base_stats(mean, std)
+    for k in SCALES:
+        for what in ("ref", "base"):
+            s = getattr(net, f"{what}_std_{k}")
+            assert float(s[0]) >= STD_FLOOR_REL * float(std[k].mean()) * 0.999
+            assert torch.equal(s[1:], floor_std(std[k])[1:])
+    net.pilot.init_from_dfr(dfr.encoder, *net.reference_stats())
+    with torch.no_grad():
+        torch.testing.assert_close(net.pilot_features(x)["s32"], f["s32"], atol=1e-4, rtol=1e-4)
+        z = net.pilot(x)  # standardised units
+    for k in SCALES:
+        live = z[k][:, 1:].abs().max()
+        assert float(z[k][:, 0].abs().max()) < max(100.0, 20 * float(live))  # 1e-4 floor: ~1e4 x the activation

@@ -56,6 +56,49 @@ def test_same_seed_same_curve_and_resume(tmp_path):
         train_stage(changed, "mmi", TOY, progress=False)
 
 
+def test_align_restore_same_curve_and_resume(tmp_path):
+    """The later stages are reproducible too: the channel statistics measured before stage align, the pilot started
+    from E*, and a resume (statistics and pilot come back from last.pt, not re-measured) give the same loss log."""
+    import shutil
+
+    from dir.model import SCALES, floor_std
+    from dir.train import feature_statistics, prepare_align
+    src = tiny_cfg(tmp_path / "src", steps=4)
+    for st in ("mmi", "dfr"):
+        train_stage(src, st, TOY, progress=False)
+    runs = []
+    for name in ("a", "b"):
+        cfg = tiny_cfg(tmp_path / name, steps=4)
+        (tmp_path / name).mkdir()
+        for st in ("mmi", "dfr"):
+            shutil.copy(output_path(src, st), output_path(cfg, st))
+        runs.append(cfg)
+    a, b = runs
+    train_stage(a, "align", TOY, progress=False)
+    train_stage(a, "restore", TOY, progress=False)
+    train_stage(b, "align", TOY, progress=False, stop_after=2)
+    train_stage(b, "align", TOY, progress=False)
+    train_stage(b, "restore", TOY, progress=False, stop_after=2)
+    train_stage(b, "restore", TOY, progress=False)
+    for st in ("align", "restore"):
+        la, lb = losses(tmp_path / f"a/{st}/log.jsonl"), losses(tmp_path / f"b/{st}/log.jsonl")
+        assert len(la) == 4 and la == lb
+        sa = torch.load(output_path(a, st), weights_only=True)["state_dict"]
+        sb = torch.load(output_path(b, st), weights_only=True)["state_dict"]
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # before the first align step: floored statistics stored, and r-> = E*(x) exactly (pilot from the stored stats)
+    mod = build_stage(a, "align")
+    imgs = [x for _, x in load_images(max_side=128)]
+    prepare_align(mod, imgs, a, torch.device("cpu"), TOY)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rp, rstar = mod.net.pilot_features(x), mod.dfr.encoder(x)
+    raw = feature_statistics(mod.dfr.encoder, imgs, a, torch.device("cpu"), "stats/ref")[1]
+    for k in SCALES:
+        assert torch.equal(getattr(mod.net, f"ref_std_{k}"), floor_std(raw[k]))
+        torch.testing.assert_close(rp[k], rstar[k], atol=1e-4, rtol=1e-4)
+
+
 def test_losses_decrease(tmp_path):
     cfg = tiny_cfg(tmp_path, steps=40, dfr={"batch_size": 8}, mmi={"batch_size": 8})
     train_stage(cfg, "dfr", TOY, progress=False)
@@ -189,6 +232,22 @@ def test_evaluate_report_and_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dir", "train", "--stage", "mmi", "--config",
                         str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert r.returncode != 0 and "config file not found" in r.stderr
+
+
+def test_representation_scores():
+    """The representation check: identical features across degradations score 1 for "same image"; the
+    "different images" reference compares the same view index across crops."""
+    from dir.evaluate import _representation_scores
+    from dir.model import SCALES
+    g = torch.Generator().manual_seed(0)
+    base = [torch.rand(1, 10, generator=g) for _ in range(3)]       # 3 crops, one feature vector each
+    same = [{s: b.expand(2, -1) for s in SCALES} for b in base]     # 2 views with identical features
+    noisy = [{s: b + 0.5 * torch.randn(2, 10, generator=g) for s in SCALES} for b in base]
+    rep = _representation_scores({"invariant": same, "noisy": noisy}, views=2)
+    assert rep["invariant"]["mean"]["same_image"] == pytest.approx(1.0)
+    assert rep["noisy"]["mean"]["same_image"] < 1.0
+    pairs = [torch.nn.functional.cosine_similarity(base[i], base[j]).item() for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert rep["invariant"]["s4"]["different_images"] == pytest.approx(sum(pairs) / 3, abs=1e-6)
 
 
 def test_isp_sim_views_are_deterministic():
