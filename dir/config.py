@@ -146,7 +146,9 @@ class StageConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 100
     log_every: int = 10
-    finetune_alignment: bool = True  # restore stage only: also update pilot + alignment ...
+    # restore stage only: also update pilot + alignment ... (on by default, as in the tiny and demo runs; the
+    # measured small/full configs turn it off: it overfit 7 training images, see dir/README.md)
+    finetune_alignment: bool = True
     finetune_lr_mult: float = 0.5  # ... with learning rate lr * finetune_lr_mult
     decoder_init: str = "scratch"  # restore stage only: "scratch" or "dfr"
 

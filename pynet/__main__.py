@@ -37,6 +37,7 @@ def cmd_infer(args) -> int:
     import numpy as np
     import torch
 
+    from isp_sim.errors import ISPInputError
     from isp_sim.io import read_raw, write_image
 
     from .infer import compare_to_whole, infer_tiled
@@ -51,9 +52,22 @@ def cmd_infer(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.mode == "exact" and device.type != "cpu":
         raise SystemExit("--mode exact runs on CPU; pass --device cpu")
+    dsts: dict[Path, str] = {}
     for path in args.raw:
+        dst = out_dir / (Path(path).stem + "." + args.format)
+        if dst in dsts:
+            raise ValueError(f"{path} and {dsts[dst]} would both be written to {dst}; infer them into separate "
+                             "--out folders")
+        dsts[dst] = path
+    failed = []
+    for path, (dst, _) in zip(args.raw, dsts.items()):
         t0 = time.time()
-        raw = read_raw(path, on_overflow="clip")
+        try:
+            raw = read_raw(path, on_overflow="clip")
+        except (ISPInputError, OSError) as e:  # a bad file is reported and skipped; the others are still rendered
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            failed.append(path)
+            continue
         x = raw_image_to_pynet_input(raw).to(device)
         opts = dict(tile=args.tile, overlap=args.overlap, mode=args.mode, bf16=args.bf16,
                     channels_last=args.channels_last, store=args.store, progress=True)
@@ -66,9 +80,12 @@ def cmd_infer(args) -> int:
             y = infer_tiled(model, x, level=args.level, **opts)
         y = from_rggb_phase(y, raw.pattern)  # undo the flip/rotation that brought the frame to RGGB phase
         img = (y[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        dst = out_dir / (Path(path).stem + "." + args.format)
         write_image(dst, img)
         print(f"{path} -> {dst} ({img.shape[1]}x{img.shape[0]}, {time.time() - t0:.1f} s{note})")
+    if failed:
+        print(f"{len(failed)} of {len(args.raw)} RAW file(s) could not be read: {', '.join(map(str, failed))}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -199,6 +199,22 @@ def test_cli_infer_bad_inputs(tmp_path, capsys):
     raw.write_bytes(b"")
     assert _main("infer", str(raw), "--checkpoint", str(bad), "--out", str(tmp_path / "o")) == 2
     assert "bad.pth" in capsys.readouterr().err
-    assert _main("infer", str(raw), "--checkpoint", str(_tiny_checkpoint(tmp_path)), "--out",
-                 str(tmp_path / "o")) == 2
-    assert "r.png" in capsys.readouterr().err
+    import numpy as np
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(2).integers(64, 1024, (32, 48)).astype(np.uint16)).save(good)
+    ck = str(_tiny_checkpoint(tmp_path))
+    # a batch with an unreadable file: it is named and skipped, the good one is still rendered, exit code 1
+    assert _main("infer", str(raw), str(good), "--checkpoint", ck, "--out", str(tmp_path / "o"),
+                 "--threads", "1") == 1
+    err = capsys.readouterr().err
+    assert "r.png" in err and "empty" in err and "1 of 2" in err
+    assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "r.png").exists()
+    # two inputs that would overwrite each other's output are refused before anything runs
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "good.png").write_bytes(good.read_bytes())
+    assert _main("infer", str(good), str(other / "good.png"), "--checkpoint", ck, "--out",
+                 str(tmp_path / "o2")) == 2
+    assert "would both be written" in capsys.readouterr().err and not (tmp_path / "o2" / "good.png").exists()
