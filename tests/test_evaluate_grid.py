@@ -1,5 +1,6 @@
 """evaluate.grid / report / CLI on a tiny dataset with tiny untrained detectors: outputs, resume, bad input."""
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -170,6 +171,9 @@ def test_empty_predictions_score_zero_with_a_clear_warning(tiny, tmp_path, monke
     import tasks.coco_eval
 
     monkeypatch.setattr(tasks.coco_eval, "predict", lambda *a, **k: [])
+    # evaluate.common.setup_logging (run by earlier CLI tests) stops 'evaluate' records at its own handlers; let
+    # them reach caplog's root handler for this test
+    monkeypatch.setattr(logging.getLogger("evaluate"), "propagate", True)
     out = tmp_path / "e"
     with caplog.at_level("WARNING", logger="evaluate.grid"):
         res = run_grid([str(tiny["mask"])], tiny["ann"], out, GridConfig(degradations=["jpeg"], severities="1",
