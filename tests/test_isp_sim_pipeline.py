@@ -353,9 +353,12 @@ def test_cli_degrade_and_render(tmp_path, photos):
     cmd = [sys.executable, "-m", "isp_sim", "degrade", "--input", str(src), "--output", str(tmp_path / "o"),
            "--degradations", "exposure,white_balance", "--severity", "1,5", "--chain", "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert out.returncode == 0, out.stderr
+    # the folder holds one unreadable file: the others are written, the failure is reported, exit code 1
+    assert out.returncode == 1, out.stderr
+    assert "1 input(s) could not be processed (skipped in 2 condition folder(s))" in out.stderr
     summary = json.loads(out.stdout)
     assert set(summary) == {"exposure+white_balance-1", "exposure+white_balance-5"}
+    assert all(v["written"] == 3 and v["failed"] == 1 for v in summary.values())
     bad = subprocess.run([sys.executable, "-m", "isp_sim", "degrade", "--input", str(src), "--output",
                           str(tmp_path / "o"), "--degradations", "blur"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
