@@ -47,11 +47,7 @@ def cmd_infer(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_pynet(args.checkpoint, level=args.level).to(device).eval()
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if args.mode == "exact" and device.type != "cpu":
-        raise SystemExit("--mode exact runs on CPU; pass --device cpu")
     dsts: dict[Path, str] = {}
     for path in args.raw:
         dst = out_dir / (Path(path).stem + "." + args.format)
@@ -59,8 +55,12 @@ def cmd_infer(args) -> int:
             raise ValueError(f"{path} and {dsts[dst]} would both be written to {dst}; infer them into separate "
                              "--out folders")
         dsts[dst] = path
+    model = load_pynet(args.checkpoint, level=args.level).to(device).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.mode == "exact" and device.type != "cpu":
+        raise SystemExit("--mode exact runs on CPU; pass --device cpu")
     failed = []
-    for path, (dst, _) in zip(args.raw, dsts.items()):
+    for dst, path in dsts.items():
         t0 = time.time()
         try:
             raw = read_raw(path, on_overflow="clip")
